@@ -1,1 +1,22 @@
-"""repvgg: train a multi-branch RepVGG, deploy it as a plain stack of 3x3 conv + ReLU."""
+"""repvgg: train a multi-branch RepVGG, deploy it as a plain stack of 3x3 conv + ReLU.
+
+Public API: create_model, list_models, list_blocks, reparameterize, load_checkpoint,
+save_checkpoint, optimize_for_inference.
+"""
+from .blocks import BLOCKS, NotConvertibleError, RepVGGBlock
+from .factory import create_model, list_models
+from .model import RepVGG, RepVGGFeatures
+from .reparam import reparameterize
+
+__version__ = "0.1.0"
+
+
+def list_blocks() -> dict[str, str]:
+    """Block variants selectable with ``create_model(name, block=...)``, with a one-line description."""
+    return {name: spec.description for name, spec in BLOCKS.items()}
+
+
+__all__ = [
+    "create_model", "list_models", "list_blocks", "reparameterize", "NotConvertibleError",
+    "RepVGG", "RepVGGBlock", "RepVGGFeatures",
+]

@@ -1,0 +1,46 @@
+"""timm-style entry points: ``create_model`` and ``list_models``."""
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from os import PathLike
+
+import torch.nn as nn
+
+from .archs import ARCHS, canonical_name
+from .model import RepVGG, RepVGGFeatures
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Canonical model names, optionally filtered by a shell-style pattern ("repvgg_b*")."""
+    names = sorted(ARCHS)
+    return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+
+
+def create_model(
+    name: str,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    deploy: bool = False,
+    checkpoint: str | PathLike | None = None,
+    *,
+    features_only: bool = False,
+    out_indices: Sequence[int] = (0, 1, 2, 3, 4),
+    **kwargs,
+) -> nn.Module:
+    """Build a RepVGG by name ("repvgg_a0" or the paper's "RepVGG-A0").
+
+    kwargs go to :class:`repvgg.model.RepVGG`: ``block`` (a variant from ``list_blocks()``),
+    ``small_input`` (stride-1 stem for 28-32 px images), ``output_stride`` (8/16 dilate the last
+    stages), ``drop_rate``. ``checkpoint`` loads weights in any supported format and naming; a
+    train-time checkpoint loaded into ``deploy=True`` is fused on the way in.
+    """
+    arch = ARCHS[canonical_name(name)]
+    model = RepVGG(arch, num_classes=num_classes, in_chans=in_chans, deploy=deploy, **kwargs)
+    if checkpoint is not None:
+        from .checkpoint import load_checkpoint
+
+        model = load_checkpoint(model, checkpoint)
+    if features_only:
+        return RepVGGFeatures(model, out_indices)
+    return model

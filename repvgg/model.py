@@ -1,0 +1,150 @@
+"""The RepVGG network: a stem block, four stages of blocks, and a pooled linear head.
+
+Stride 2 opens each stage (the stem too, unless ``small_input``); ``output_stride`` 16 or 8
+trades the last strides for dilation, as PSPNet-style backbones do (paper Sect. 4.3).
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn as nn
+
+from .archs import RepVGGArch
+from .blocks import BlockSpec, RepVGGBlock
+
+
+class FeatureInfo(list):
+    """timm-style list of ``{"num_chs", "reduction", "module"}`` with column helpers."""
+
+    def channels(self) -> list[int]:
+        return [f["num_chs"] for f in self]
+
+    def reduction(self) -> list[int]:
+        return [f["reduction"] for f in self]
+
+
+def _check_input(x: torch.Tensor, in_chans: int) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"expected a 4D input (N, C, H, W), got a {x.dim()}D tensor of shape {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise ValueError(
+            f"expected {in_chans} input channels (N, {in_chans}, H, W), got {x.shape[1]} "
+            f"(shape {tuple(x.shape)}); build the model with in_chans={x.shape[1]} if that is intended"
+        )
+
+
+class RepVGG(nn.Module):
+    def __init__(
+        self,
+        arch: RepVGGArch,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        deploy: bool = False,
+        block: str | BlockSpec = "repvgg",
+        small_input: bool = False,
+        output_stride: int = 32,
+        drop_rate: float = 0.0,
+    ):
+        super().__init__()
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        self.arch, self.num_classes, self.in_chans = arch, num_classes, in_chans
+        self.block_kwargs = dict(se=arch.se, block=block, deploy=deploy)
+        self.stem = RepVGGBlock(in_chans, arch.stem_width, stride=1 if small_input else 2, **self.block_kwargs)
+        reduction = 1 if small_input else 2
+        self.feature_info = FeatureInfo([dict(num_chs=arch.stem_width, reduction=reduction, module="stem")])
+
+        stages, in_ch, layer_idx, dilation = [], arch.stem_width, 1, 1
+        for i, (depth, width) in enumerate(zip(arch.depths, arch.widths)):
+            prev_dilation = dilation
+            if reduction * 2 > output_stride:  # keep resolution, widen the receptive field instead
+                stride, dilation = 1, dilation * 2
+            else:
+                stride, reduction = 2, reduction * 2
+            blocks = []
+            for j in range(depth):
+                blocks.append(
+                    RepVGGBlock(
+                        in_ch, width, stride=stride if j == 0 else 1, groups=arch.layer_groups(layer_idx),
+                        dilation=prev_dilation if j == 0 else dilation, **self.block_kwargs,
+                    )
+                )
+                in_ch, layer_idx = width, layer_idx + 1
+            stages.append(nn.Sequential(*blocks))
+            self.feature_info.append(dict(num_chs=width, reduction=reduction, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self.num_features = in_ch
+        self.head = ClassifierHead(in_ch, num_classes, drop_rate)
+
+    @property
+    def is_deployed(self) -> bool:
+        """True when every block is in fused form (derived from the blocks, never stored)."""
+        return all(m.deploy for m in self.modules() if isinstance(m, RepVGGBlock))
+
+    def _warn_if_exporting_unfused(self) -> None:
+        if torch.onnx.is_in_onnx_export() and not self.is_deployed:
+            warnings.warn(
+                "exporting a train-time RepVGG: call repvgg.reparameterize(model) first, or the "
+                "exported graph keeps every branch and BN (slower, and not the plain network)",
+                stacklevel=3,
+            )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.in_chans)
+        return self.stages(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._warn_if_exporting_unfused()
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = ClassifierHead(self.num_features, num_classes, self.head.drop.p)
+
+
+class ClassifierHead(nn.Module):
+    """Global average pool, dropout, linear (``head.fc``; identity when num_classes=0)."""
+
+    def __init__(self, in_features: int, num_classes: int, drop_rate: float = 0.0):
+        super().__init__()
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(x.mean((2, 3)))
+        return x if pre_logits else self.fc(x)
+
+
+class RepVGGFeatures(nn.Module):
+    """Backbone form (``features_only=True``): returns the outputs of the selected stages.
+
+    Index 0 is the stem, 1-4 the stages. Keys are the classifier's minus ``head.``, so backbone
+    checkpoints and classifier checkpoints share one naming.
+    """
+
+    def __init__(self, model: RepVGG, out_indices=(0, 1, 2, 3, 4)):
+        super().__init__()
+        out_indices = tuple(out_indices)
+        bad = [i for i in out_indices if not 0 <= i <= 4]
+        if bad:
+            raise ValueError(f"out_indices must be in 0..4 (0 = stem, 1-4 = stages), got {bad}")
+        self.in_chans, self.arch, self.out_indices = model.in_chans, model.arch, out_indices
+        self.stem, self.stages = model.stem, model.stages
+        self.feature_info = FeatureInfo(model.feature_info[i] for i in out_indices)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        _check_input(x, self.in_chans)
+        x = self.stem(x)
+        feats = [x] if 0 in self.out_indices else []
+        for i, stage in enumerate(self.stages, start=1):
+            x = stage(x)
+            if i in self.out_indices:
+                feats.append(x)
+        return feats

@@ -1,0 +1,32 @@
+"""Fuse every RepVGG block in any module tree (a classifier, a detector with our backbone)."""
+from __future__ import annotations
+
+import copy
+
+import torch.nn as nn
+
+from .blocks import RepVGGBlock
+
+
+def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Return ``model`` with every train-time block folded into one 3x3 conv, in eval mode.
+
+    The result computes what ``model.eval()`` computes (BN uses its running statistics; a model
+    still in train mode would use batch statistics, which no fixed conv can reproduce). The input
+    is left untouched unless ``inplace=True``. Calling it again on the result changes nothing.
+    Raises :class:`repvgg.NotConvertibleError` for branches that are not linear.
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
+    if isinstance(model, RepVGGBlock):
+        return model.fuse().eval()
+    _fuse_children(model)
+    return model.eval()
+
+
+def _fuse_children(module: nn.Module) -> None:
+    for name, child in list(module.named_children()):
+        if isinstance(child, RepVGGBlock):
+            setattr(module, name, child.fuse())
+        else:
+            _fuse_children(child)
