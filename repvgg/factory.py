@@ -35,8 +35,10 @@ def create_model(
     stages), ``drop_rate``. ``checkpoint`` loads weights in any supported format and naming; a
     train-time checkpoint loaded into ``deploy=True`` is fused on the way in.
     """
-    arch = ARCHS[canonical_name(name)]
-    model = RepVGG(arch, num_classes=num_classes, in_chans=in_chans, deploy=deploy, **kwargs)
+    canonical = canonical_name(name)
+    model = RepVGG(ARCHS[canonical], num_classes=num_classes, in_chans=in_chans, deploy=deploy, **kwargs)
+    # What rebuilds this model: saved in checkpoint metadata so a file says what it holds.
+    model.build_args = dict(name=canonical, num_classes=num_classes, in_chans=in_chans, **kwargs)
     if checkpoint is not None:
         from .checkpoint import load_checkpoint
 

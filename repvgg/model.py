@@ -136,6 +136,7 @@ class RepVGGFeatures(nn.Module):
         if bad:
             raise ValueError(f"out_indices must be in 0..4 (0 = stem, 1-4 = stages), got {bad}")
         self.in_chans, self.arch, self.out_indices = model.in_chans, model.arch, out_indices
+        self.build_args = dict(getattr(model, "build_args", {}), num_classes=0)
         self.stem, self.stages = model.stem, model.stages
         self.feature_info = FeatureInfo(model.feature_info[i] for i in out_indices)
 
