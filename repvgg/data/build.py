@@ -1,0 +1,111 @@
+"""The one entry point for `--data` specs: build_datasets(), plus build_loader()."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import Dataset
+
+from . import cifar, fashion_mnist
+from .imagefolder import SafeImageFolder, build_imagefolder, make_folder_loader
+from .memory import FastLoader, InMemoryDataset
+from .transforms import STATS, check_recipe, folder_transforms
+
+SUPPORTED = ("fashion-mnist", "fashion-mnist-builtin", "cifar10", "cifar100", "imagefolder:PATH")
+_ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
+            "cifar-10": "cifar10", "cifar-100": "cifar100"}
+
+
+@dataclass
+class DataInfo:
+    """What a model/trainer needs to know about the data, and where it came from."""
+    name: str                   # canonical dataset name
+    num_classes: int
+    in_chans: int               # 1 for grayscale (never copied to 3 channels)
+    class_names: list[str]
+    image_size: int             # size of the images the datasets return
+    default_image_size: int     # the dataset's native/default size
+    source: str                 # directory the data was read from
+    origin: str                 # 'data_dir' | 'system' | 'builtin'
+    mean: tuple = field(default=())
+    std: tuple = field(default=())
+    recipe_aug: str = "simple"
+    in_memory: bool = True      # True: FastLoader + batched aug; False: DataLoader path
+    num_train: int = 0
+    num_test: int = 0
+
+
+def _in_memory(name, x_tr, y_tr, x_te, y_te, classes, *, source, origin, image_size,
+               recipe_aug, policy):
+    mean, std = STATS[name]
+    size = image_size or x_tr.shape[-1]
+    kw = dict(mean=mean, std=std, recipe_aug=recipe_aug, image_size=size, policy=policy)
+    train = InMemoryDataset(x_tr, y_tr, classes, train=True, **kw)
+    test = InMemoryDataset(x_te, y_te, classes, train=False, **kw)
+    info = DataInfo(name, len(classes), x_tr.shape[1], list(classes), size, x_tr.shape[-1],
+                    source, origin, mean, std, recipe_aug, True, len(train), len(test))
+    return train, test, info
+
+
+def build_datasets(spec: str, data_dir: str | None = None, image_size: int | None = None,
+                   recipe_aug: str = "simple") -> tuple[Dataset, Dataset, DataInfo]:
+    """Resolve a `--data` spec to (train_ds, test_ds, info).
+
+    Specs: 'fashion-mnist' (data_dir, else the Debian files in
+    /usr/share/datasets/fashion-mnist, else the built-in subset),
+    'fashion-mnist-builtin' (always the built-in subset), 'cifar10' / 'cifar100'
+    (pickle batches under data_dir), 'imagefolder:PATH' (PATH/train, PATH/val;
+    'imagefolder' alone uses data_dir as PATH). recipe_aug: 'simple' | 'autoaugment' | 'none'.
+    Datasets yield normalized float32 images and int64 labels; use build_loader
+    to iterate (fast batched path for in-memory data).
+    """
+    check_recipe(recipe_aug)
+    name, _, arg = spec.strip().partition(":")
+    name = _ALIASES.get(name.lower(), name.lower())
+    if name in ("fashion-mnist", "fashion-mnist-builtin"):
+        if arg:
+            raise ValueError(f"{name} takes no ':' argument; use data_dir")
+        if name == "fashion-mnist":
+            folder, origin = fashion_mnist.find_fashion_mnist(data_dir)
+        else:
+            folder, origin = fashion_mnist.BUILTIN_DIR, "builtin"
+        return _in_memory("fashion-mnist", *fashion_mnist.load_split(folder, "train"),
+                          *fashion_mnist.load_split(folder, "test"), fashion_mnist.CLASSES,
+                          source=str(folder), origin=origin, image_size=image_size,
+                          recipe_aug=recipe_aug, policy="cifar10")
+    if name in cifar.LAYOUTS:
+        d = cifar.load_cifar(name, data_dir)
+        return _in_memory(name, d["x_train"], d["y_train"], d["x_test"], d["y_test"], d["classes"],
+                          source=d["source"], origin="data_dir", image_size=image_size,
+                          recipe_aug=recipe_aug, policy="cifar10")
+    if name == "imagefolder":
+        root = arg or data_dir
+        if not root:
+            raise ValueError("imagefolder needs a path: 'imagefolder:PATH' (PATH/train, PATH/val)")
+        size = image_size or 224
+        mean, std = STATS["imagenet"]
+        train_tf, eval_tf = folder_transforms(size, recipe_aug, mean, std)
+        train, test, classes = build_imagefolder(root, train_tf, eval_tf)
+        info = DataInfo("imagefolder", len(classes), 3, classes, size, 224, str(root), "data_dir",
+                        mean, std, recipe_aug, False, len(train), len(test))
+        return train, test, info
+    raise ValueError(f"unknown data spec {spec!r}; supported: {', '.join(SUPPORTED)}")
+
+
+def build_loader(dataset, batch_size: int, *, train: bool, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, drop_last: bool | None = None, num_workers: int = 0,
+                 device: torch.device | str | None = None):
+    """Iterable of (images float32 [B,C,S,S], labels int64 [B]) batches.
+
+    In-memory datasets get the worker-free FastLoader (augmenting on `device`
+    if given); ImageFolder gets a DataLoader that skips unreadable files.
+    Both have set_epoch(), len() and `.skipped`. drop_last defaults to `train`.
+    """
+    drop_last = train if drop_last is None else drop_last
+    if isinstance(dataset, InMemoryDataset):
+        return FastLoader(dataset, batch_size, shuffle=train, seed=seed, rank=rank,
+                          world_size=world_size, drop_last=drop_last, device=device)
+    if isinstance(dataset, SafeImageFolder):
+        return make_folder_loader(dataset, batch_size, train=train, seed=seed, rank=rank,
+                                  world_size=world_size, num_workers=num_workers, drop_last=drop_last)
+    raise TypeError(f"build_loader: unsupported dataset type {type(dataset).__name__}")
