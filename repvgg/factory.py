@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from .archs import ARCHS, canonical_name
 from .model import RepVGG, RepVGGFeatures
+from .reorg import ResidualReorg
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -24,6 +25,7 @@ def create_model(
     deploy: bool = False,
     checkpoint: str | PathLike | None = None,
     *,
+    pretrained: bool = False,
     features_only: bool = False,
     out_indices: Sequence[int] = (0, 1, 2, 3, 4),
     **kwargs,
@@ -33,12 +35,19 @@ def create_model(
     kwargs go to :class:`repvgg.model.RepVGG`: ``block`` (a variant from ``list_blocks()``),
     ``small_input`` (stride-1 stem for 28-32 px images), ``output_stride`` (8/16 dilate the last
     stages), ``drop_rate``. ``checkpoint`` loads weights in any supported format and naming; a
-    train-time checkpoint loaded into ``deploy=True`` is fused on the way in.
+    train-time checkpoint loaded into ``deploy=True`` is fused on the way in. ``pretrained=True``
+    loads the official ImageNet weights (downloaded once, see :mod:`repvgg.hub`); with another
+    ``num_classes`` the head is left untrained.
     """
     canonical = canonical_name(name)
-    model = RepVGG(ARCHS[canonical], num_classes=num_classes, in_chans=in_chans, deploy=deploy, **kwargs)
+    cls = ResidualReorg if kwargs.get("block") == "residual_reorg" else RepVGG  # a network, not a block
+    model = cls(ARCHS[canonical], num_classes=num_classes, in_chans=in_chans, deploy=deploy, **kwargs)
     # What rebuilds this model: saved in checkpoint metadata so a file says what it holds.
     model.build_args = dict(name=canonical, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if pretrained:
+        from .hub import load_pretrained
+
+        model = load_pretrained(model, canonical)
     if checkpoint is not None:
         from .checkpoint import load_checkpoint
 
