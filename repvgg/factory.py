@@ -40,6 +40,8 @@ def create_model(
     ``num_classes`` the head is left untrained.
     """
     canonical = canonical_name(name)
+    if pretrained and checkpoint is not None:
+        raise ValueError("give either pretrained=True or checkpoint=..., not both")
     cls = ResidualReorg if kwargs.get("block") == "residual_reorg" else RepVGG  # a network, not a block
     model = cls(ARCHS[canonical], num_classes=num_classes, in_chans=in_chans, deploy=deploy, **kwargs)
     # What rebuilds this model: saved in checkpoint metadata so a file says what it holds.
