@@ -4,6 +4,7 @@ Public API: create_model, list_models, list_blocks, reparameterize, load_checkpo
 save_checkpoint, optimize_for_inference.
 """
 from .blocks import BLOCKS, NotConvertibleError, RepVGGBlock
+from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, read_metadata, save_checkpoint
 from .factory import create_model, list_models
 from .model import RepVGG, RepVGGFeatures
 from .reparam import reparameterize
@@ -19,4 +20,5 @@ def list_blocks() -> dict[str, str]:
 __all__ = [
     "create_model", "list_models", "list_blocks", "reparameterize", "NotConvertibleError",
     "RepVGG", "RepVGGBlock", "RepVGGFeatures",
+    "load_checkpoint", "save_checkpoint", "model_from_checkpoint", "read_metadata", "CheckpointError",
 ]
