@@ -1,0 +1,14 @@
+"""Training: recipes, the loop (one CPU to torchrun), resumable state, EMA, metrics.
+
+    from repvgg.train import prepare_run, train
+    cfg = prepare_run("runs/a0", "small", {"model": "repvgg_a0", "epochs": 10})
+    summary = train(cfg, "runs/a0")
+"""
+from .config import RECIPES, load_recipe, resolve_config
+from .ema import ModelEma
+from .loop import GradCheckpointed, Trainer, TrainingInterrupted, finish_run, prepare_run, train
+from .optim import build_optimizer, build_scheduler, lr_factor, param_groups, scaled_lr
+
+__all__ = ["RECIPES", "load_recipe", "resolve_config", "ModelEma", "GradCheckpointed", "Trainer",
+           "TrainingInterrupted", "finish_run", "prepare_run", "train", "build_optimizer",
+           "build_scheduler", "lr_factor", "param_groups", "scaled_lr"]

@@ -1,0 +1,109 @@
+"""Recipes: YAML files users can read, merged with command-line overrides, then checked.
+
+Precedence: built-in defaults < recipe (name or file) < explicit overrides (CLI flags).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import yaml
+
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES = ("normal", "heavy", "small")
+
+
+def recipe_path(recipe: str | os.PathLike) -> Path:
+    """A recipe name (normal/heavy/small) or a YAML file path."""
+    s = str(recipe)
+    if s in RECIPES:
+        return RECIPE_DIR / f"{s}.yaml"
+    p = Path(s).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"recipe {s!r} is neither a built-in recipe ({', '.join(RECIPES)}) "
+                                f"nor an existing YAML file")
+    return p
+
+
+def _defaults() -> dict:
+    with open(RECIPE_DIR / "normal.yaml") as f:
+        return yaml.safe_load(f)
+
+
+def load_recipe(recipe: str | os.PathLike = "normal") -> dict:
+    """The recipe's settings on top of the defaults (the normal recipe); unknown keys are an error."""
+    cfg = _defaults()
+    path = recipe_path(recipe)
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"recipe {path}: expected a mapping of settings, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(cfg))
+    if unknown:
+        raise ValueError(f"recipe {path}: unknown setting(s) {unknown}; known: {sorted(cfg)}")
+    cfg.update(data)
+    cfg["recipe"] = str(recipe)
+    return cfg
+
+
+def resolve_config(recipe: str | os.PathLike = "normal", overrides: dict | None = None) -> dict:
+    """Recipe + overrides (None values mean "not given" and are ignored), validated."""
+    cfg = load_recipe(recipe)
+    for k, v in (overrides or {}).items():
+        if v is None:
+            continue
+        if k not in cfg:
+            raise ValueError(f"unknown setting {k!r}; known: {sorted(cfg)}")
+        cfg[k] = v
+    return check_config(cfg)
+
+
+def check_config(cfg: dict) -> dict:
+    def positive(key, kind=(int, float)):
+        if not isinstance(cfg[key], kind) or isinstance(cfg[key], bool) or cfg[key] <= 0:
+            raise ValueError(f"{key} must be a positive number, got {cfg[key]!r}")
+
+    for key in ("epochs", "batch_size"):
+        positive(key, int)
+    positive("lr")
+    for key in ("weight_decay", "warmup_epochs", "label_smoothing", "mixup", "momentum"):
+        if not isinstance(cfg[key], (int, float)) or cfg[key] < 0:
+            raise ValueError(f"{key} must be a number >= 0, got {cfg[key]!r}")
+    if cfg["label_smoothing"] >= 1:
+        raise ValueError(f"label_smoothing must be < 1, got {cfg['label_smoothing']}")
+    if cfg["optimizer"] not in ("sgd", "adamw"):
+        raise ValueError(f"optimizer must be sgd or adamw, got {cfg['optimizer']!r}")
+    if cfg["schedule"] not in ("cosine", "constant"):
+        raise ValueError(f"schedule must be cosine or constant, got {cfg['schedule']!r}")
+    if cfg["amp"] not in (True, False, "auto", "bf16", "fp16"):
+        raise ValueError(f"amp must be true/false/auto/bf16/fp16, got {cfg['amp']!r}")
+    if cfg["aug"] not in ("simple", "autoaugment", "none"):
+        raise ValueError(f"aug must be simple, autoaugment or none, got {cfg['aug']!r}")
+    if not 0 < cfg["ema_decay"] < 1:
+        raise ValueError(f"ema_decay must be in (0, 1), got {cfg['ema_decay']}")
+    if cfg["grad_clip"] is not None and cfg["grad_clip"] <= 0:
+        raise ValueError(f"grad_clip must be > 0 or null, got {cfg['grad_clip']}")
+    return cfg
+
+
+def save_config(cfg: dict, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically."""
+    atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False))
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

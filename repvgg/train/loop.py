@@ -1,0 +1,490 @@
+"""The training loop: one function, `train(cfg, output)`, from one CPU to torchrun.
+
+Nothing is lost: `last.*` is written every epoch (and on SIGINT/SIGTERM after the current
+step), `best.safetensors` on improvement, all atomically; `--resume` continues bit-for-bit
+(same batches, same augmentation, same RNG states). At the end the best weights are fused
+into `deploy.safetensors`, and the train-time and deploy models are evaluated side by side on
+the full test set; a difference beyond floating-point ties raises.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .. import __version__
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..data import build_datasets, build_loader
+from ..evaluate import compare_predictions, evaluate, format_report, save_confusion_png
+from ..factory import create_model
+from ..reparam import reparameterize
+from . import distributed as D
+from .config import read_config, save_config
+from .ema import ModelEma
+from .metrics import MetricsLog
+from .optim import build_optimizer, build_scheduler, scaled_lr
+from .state import load_state, rng_state, save_state, seed_everything, set_rng_state
+
+# files a run writes; --overwrite removes exactly these, never anything else in the folder
+RUN_FILES = ("config.yaml", "last.safetensors", "last_ema.safetensors", "last.state.pt",
+             "best.safetensors", "deploy.safetensors", "metrics.jsonl", "metrics.csv",
+             "curves.png", "confusion.png", "train.log", "summary.json")
+# settings that may differ on --resume without changing the result
+RESUME_FREE = ("device", "workers", "data_dir")
+
+
+class TrainingInterrupted(Exception):
+    """Stopped by a signal after saving a resumable state; `exit_code` is 128 + signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+def prepare_run(output, recipe="normal", overrides: dict | None = None, *, resume=False,
+                overwrite=False) -> dict:
+    """The config for this run, after checking the output folder.
+
+    A folder holding another run is refused unless resume (continue it, with its saved config;
+    an explicit flag that contradicts it is an error) or overwrite (its run files are removed).
+    """
+    from .config import resolve_config
+
+    out = Path(output)
+    present = [f for f in RUN_FILES if (out / f).exists()]
+    if resume:
+        if not (out / "last.state.pt").is_file():
+            raise FileNotFoundError(f"--resume: no resumable state in {out} (expected {out}/last.state.pt)")
+        cfg = read_config(out / "config.yaml")
+        for k, v in (overrides or {}).items():
+            if v is not None and k not in RESUME_FREE and cfg.get(k) != v:
+                raise ValueError(f"--resume continues {out} with its saved config; {k}={v!r} differs "
+                                 f"from the saved {cfg.get(k)!r} (use a new --output to change it)")
+            if v is not None and k in RESUME_FREE:
+                cfg[k] = v
+        return cfg
+    cfg = resolve_config(recipe, overrides)
+    if present and not overwrite:
+        raise FileExistsError(f"{out} already holds a run ({', '.join(present[:3])}...); use --resume to "
+                              f"continue it, --overwrite to replace it, or another --output")
+    return cfg
+
+
+def _clear_run(out: Path) -> None:
+    for f in RUN_FILES:
+        (out / f).unlink(missing_ok=True)
+
+
+def resolve_device(name: str, d: D.Dist) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available")
+        return torch.device("cuda", d.local_rank if d.enabled else torch.cuda.current_device())
+    if name != "cpu":
+        raise ValueError(f"--device must be cpu, cuda or auto, got {name!r}")
+    return torch.device("cpu")
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmul/conv on this CPU (AVX512-BF16 or AMX); else bf16 autocast is slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def amp_dtype(amp, device: torch.device):
+    """None (fp32) or the autocast dtype: bf16 on CPU, fp16 on CUDA unless told otherwise."""
+    if amp is False or amp is None:
+        return None
+    if amp == "auto":
+        if device.type == "cpu":
+            return torch.bfloat16 if cpu_has_bf16() else None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        return torch.float16
+    return torch.bfloat16 if device.type == "cpu" else torch.float16
+
+
+class GradCheckpointed(nn.Module):
+    """Runs each RepVGG block under activation checkpointing (memory for compute, big models).
+
+    The recomputation in backward would update BN running statistics a second time; BN
+    momentum is zeroed during it, so the statistics match a run without checkpointing.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    @staticmethod
+    def _recompute_ctx(block):
+        @contextlib.contextmanager
+        def frozen_bn():
+            bns = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+            saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+                     for m in bns]
+            for m in bns:
+                m.momentum = 0.0
+            try:
+                yield
+            finally:
+                for m, (mom, nbt) in zip(bns, saved):
+                    m.momentum = mom
+                    if nbt is not None:
+                        m.num_batches_tracked.copy_(nbt)
+        return lambda: (contextlib.nullcontext(), frozen_bn())
+
+    def forward(self, x):
+        m = self.model
+        x = m.stem(x)
+        for stage in m.stages:
+            for block in stage:
+                x = checkpoint(block, x, use_reentrant=False, context_fn=self._recompute_ctx(block))
+        return m.forward_head(x)
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop stops after the current step. A second SIGINT aborts."""
+
+    def __init__(self):
+        self.signum = 0
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name} received: finishing the current step, then saving "
+              f"a resumable checkpoint (send SIGINT again to abort without saving)",
+              file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _meta(cfg: dict, info, **extra) -> dict:
+    return {"dataset": info.name, "class_names": info.class_names, "image_size": info.image_size,
+            "mean": list(info.mean), "std": list(info.std), "recipe": cfg.get("recipe"), **extra}
+
+
+class Trainer:
+    """State of one run; `run()` trains, `finish()` fuses and checks the deploy model."""
+
+    def __init__(self, cfg: dict, output, *, resume=False, overwrite=False, quiet=False):
+        self.cfg, self.out, self.quiet = cfg, Path(output), quiet
+        self.dist = D.setup("cuda" if cfg["device"].startswith("cuda") or (
+            cfg["device"] == "auto" and torch.cuda.is_available()) else "cpu")
+        self.device = resolve_device(cfg["device"], self.dist)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        main = self.dist.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if overwrite and not resume:
+                _clear_run(self.out)
+            save_config(cfg, self.out / "config.yaml")
+        D.barrier(self.dist)
+
+        seed_everything(cfg["seed"], cfg["deterministic"])
+        self.train_ds, self.test_ds, self.info = build_datasets(
+            cfg["data"], cfg["data_dir"], cfg["image_size"], recipe_aug=cfg["aug"])
+        r, w = self.dist.rank, self.dist.world_size
+        self.train_loader = build_loader(self.train_ds, cfg["batch_size"], train=True, seed=cfg["seed"],
+                                         rank=r, world_size=w, num_workers=cfg["workers"])
+        self.test_loader = build_loader(self.test_ds, 512, train=False, rank=r, world_size=w,
+                                        num_workers=cfg["workers"])
+        self.steps_per_epoch = len(self.train_loader)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{self.info.num_train} training images give no full batch of "
+                             f"{cfg['batch_size']} x {w} rank(s); lower --batch-size")
+
+        self.model = create_model(cfg["model"], num_classes=self.info.num_classes,
+                                  in_chans=self.info.in_chans, block=cfg["block"],
+                                  small_input=cfg["small_input"], drop_rate=cfg["drop_rate"])
+        if w > 1:
+            torch.manual_seed(cfg["seed"] + r)     # per-rank dropout/mixup streams (DDP syncs weights)
+        self.global_batch = cfg["batch_size"] * w
+        self.optimizer = build_optimizer(self.model, cfg, self.global_batch)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
+        self.amp = amp_dtype(cfg["amp"], self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        self.ema = ModelEma(self.model, cfg["ema_decay"]) if cfg["ema"] else None
+        self.epoch, self.epoch_step, self.step, self.best, self.elapsed = 0, 0, 0, -1.0, 0.0
+        self.best_epoch = 0
+        if resume:
+            self._load_last()
+        self.model.to(self.device)
+        if self.ema is not None:
+            self.ema.to(self.device)
+        if cfg["channels_last"]:
+            self.model.to(memory_format=torch.channels_last)
+        net = GradCheckpointed(self.model) if cfg["grad_checkpointing"] else self.model
+        if self.dist.enabled:
+            if cfg["sync_bn"]:
+                net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+            net = nn.parallel.DistributedDataParallel(
+                net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.net = net
+        self.mixup = None
+        if cfg["mixup"] > 0:
+            from torchvision.transforms import v2
+            self.mixup = v2.MixUp(alpha=cfg["mixup"], num_classes=self.info.num_classes)
+        self.log_file = self.out / "train.log"
+        self.metrics = MetricsLog(self.out, resume_epoch=self.epoch if resume else None) if main else None
+
+    # ------------------------------------------------------------------ state
+    def _load_last(self) -> None:
+        st = load_state(self.out / "last.state.pt")
+        load_checkpoint(self.model, self.out / "last.safetensors")
+        from ..checkpoint import read_metadata
+        if read_metadata(self.out / "last.safetensors").get("step") != str(st["step"]):
+            raise ValueError(f"{self.out}: last.safetensors and last.state.pt are from different steps")
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.scaler.load_state_dict(st["scaler"])
+        if self.ema is not None:
+            load_checkpoint(self.ema.module, self.out / "last_ema.safetensors")
+            self.ema.n_averaged.fill_(int(st["ema_n"]))
+        self.epoch, self.epoch_step, self.step = st["epoch"], st["epoch_step"], st["step"]
+        self.best, self.best_epoch, self.elapsed = st["best"], st["best_epoch"], st["elapsed"]
+        world = st.get("world_size", 1)
+        if world != self.dist.world_size:
+            raise ValueError(f"the run was trained on {world} process(es); resume it with the same number "
+                             f"(now {self.dist.world_size}) to keep its batches")
+        # rank-specific RNG states
+        set_rng_state(st["rng"][min(self.dist.rank, len(st["rng"]) - 1)])
+
+    def save_last(self) -> None:
+        """Weights (safetensors) first, then the state that names their step: a torn pair is detected."""
+        rngs = [rng_state()]
+        if self.dist.enabled:
+            gathered = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(gathered, rngs[0])
+            rngs = gathered
+        if not self.dist.is_main:
+            return
+        meta = _meta(self.cfg, self.info, step=str(self.step), epoch=str(self.epoch))
+        save_checkpoint(self.model, self.out / "last.safetensors", metadata=meta)
+        if self.ema is not None:
+            save_checkpoint(self.ema.module, self.out / "last_ema.safetensors", metadata=meta)
+        save_state(self.out / "last.state.pt", optimizer=self.optimizer.state_dict(),
+                   scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
+                   ema_n=int(self.ema.n_averaged) if self.ema is not None else 0,
+                   rng=rngs, epoch=self.epoch, epoch_step=self.epoch_step, step=self.step,
+                   best=self.best, best_epoch=self.best_epoch, elapsed=self.elapsed,
+                   world_size=self.dist.world_size, config=dict(self.cfg))
+
+    def log(self, msg: str) -> None:
+        if not self.dist.is_main:
+            return
+        if not self.quiet:
+            print(msg, flush=True)
+        with open(self.log_file, "a") as f:
+            f.write(msg + "\n")
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    # ------------------------------------------------------------------ training
+    def run(self, stop_at_step: int | None = None) -> dict:
+        cfg = self.cfg
+        if self.epoch == 0 and self.epoch_step == 0:
+            self.log(f"training {cfg['model']} ({cfg['block']} blocks) on {self.info.name} "
+                     f"[{self.info.origin}: {self.info.num_train} train / {self.info.num_test} test, "
+                     f"{self.info.image_size}px, {self.info.in_chans} ch] for {cfg['epochs']} epochs, "
+                     f"{self.dist.world_size} x batch {cfg['batch_size']}, lr "
+                     f"{scaled_lr(cfg['lr'], self.global_batch):.4g}, amp {self.amp}, device {self.device}")
+        else:
+            self.log(f"resuming {self.out} at epoch {self.epoch + 1}, step {self.step}")
+        with _StopFlag() as stop:
+            while self.epoch < cfg["epochs"]:
+                self._train_epoch(stop, stop_at_step)
+        return {"best_top1": self.best, "best_epoch": self.best_epoch, "elapsed_s": self.elapsed}
+
+    def _interrupt(self, signum: int):
+        self.save_last()
+        name = signal.Signals(signum).name if signum else "stop request"
+        raise TrainingInterrupted(
+            f"stopped by {name} at epoch {self.epoch + 1}, step {self.step}; resumable state saved in "
+            f"{self.out}. Continue with: repvgg train --output {self.out} --resume", signum or 2)
+
+    def _train_epoch(self, stop: _StopFlag, stop_at_step: int | None) -> None:
+        from tqdm import tqdm
+
+        cfg, dev = self.cfg, self.device
+        self.net.train()
+        self.train_loader.set_epoch(self.epoch)
+        skip, t0 = self.epoch_step, time.perf_counter()
+        self._t_epoch = t0
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        correct, seen = 0, 0
+        bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {self.epoch + 1}/{cfg['epochs']}",
+                   disable=(None if self.dist.is_main and not self.quiet else True), leave=False,
+                   dynamic_ncols=True, file=sys.stderr)
+        for i, (x, y) in enumerate(self.train_loader):
+            if i < skip:                      # resuming mid-epoch: replay the loader to the same batch
+                continue
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            if cfg["channels_last"]:
+                x = x.contiguous(memory_format=torch.channels_last)
+            target = y
+            if self.mixup is not None:
+                x, target = self.mixup(x, y)
+            with torch.autocast(dev.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+                out = self.net(x)
+                loss = F.cross_entropy(out.float(), target, label_smoothing=cfg["label_smoothing"])
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {self.step}: lower --lr, "
+                                         f"or use --amp bf16 instead of fp16")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if cfg["grad_clip"]:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg["grad_clip"])
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            self.step += 1
+            self.epoch_step = i + 1
+            loss_sum += loss.detach().double().cpu() * len(y)
+            correct += int((out.argmax(1) == y).sum())
+            seen += len(y)
+            dt = time.perf_counter() - t0
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
+                            img_s=f"{seen * self.dist.world_size / dt:.0f}")
+            want_stop = bool(stop.signum) or (stop_at_step is not None and self.step >= stop_at_step)
+            if D.any_rank(want_stop, self.dist, dev) and self.epoch_step < self.steps_per_epoch:
+                bar.close()
+                self.elapsed += time.perf_counter() - t0
+                self._interrupt(stop.signum)
+        bar.close()
+        train_time = time.perf_counter() - t0
+        self.epoch += 1
+        self.epoch_step = 0
+        self._end_epoch(loss_sum, correct, seen, train_time)
+        want_stop = bool(stop.signum) or (stop_at_step is not None and self.step >= stop_at_step)
+        if D.any_rank(want_stop, self.dist, dev) and self.epoch < cfg["epochs"]:
+            self._interrupt(stop.signum)
+
+    def _reduce(self, t: torch.Tensor) -> torch.Tensor:
+        return D.all_reduce_sum(t.to(self.device), self.dist).cpu()
+
+    def _end_epoch(self, loss_sum, correct, seen, train_time) -> None:
+        cfg = self.cfg
+        counts = self._reduce(torch.tensor([float(loss_sum), correct, seen], dtype=torch.float64))
+        row = {"epoch": self.epoch, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
+               "train_loss": float(counts[0] / counts[2]), "train_acc": float(100 * counts[1] / counts[2]),
+               "img_per_s": float(counts[2]) / max(train_time, 1e-9)}
+        if self.epoch % cfg["eval_every"] == 0 or self.epoch == cfg["epochs"]:
+            res = evaluate(self.eval_model, self.test_loader, self.info.num_classes, self.device,
+                           reduce=self._reduce if self.dist.enabled else None)
+            row.update(val_loss=res["loss"], val_top1=res["top1"], val_top5=res["top5"])
+            if res["top1"] > self.best:
+                self.best, self.best_epoch = res["top1"], self.epoch
+                if self.dist.is_main:
+                    save_checkpoint(self.eval_model, self.out / "best.safetensors",
+                                    metadata=_meta(cfg, self.info, epoch=str(self.epoch),
+                                                   top1=f"{res['top1']:.4f}", ema=json.dumps(self.ema is not None)))
+        row["epoch_s"] = time.perf_counter() - self._t_epoch
+        self.elapsed += row["epoch_s"]
+        row["elapsed_s"] = self.elapsed
+        self.save_last()
+        if self.dist.is_main:
+            self.metrics.add(row)
+            msg = (f"epoch {self.epoch}/{cfg['epochs']}  loss {row['train_loss']:.4f}  "
+                   f"train acc {row['train_acc']:.2f}%  {row['img_per_s']:.0f} img/s  lr {row['lr']:.4g}")
+            if "val_top1" in row:
+                msg += f"  test top-1 {row['val_top1']:.2f}%  top-5 {row['val_top5']:.2f}%"
+            self.log(msg + f"  [{row['epoch_s']:.0f}s, total {self.elapsed / 60:.1f} min]")
+
+    # ------------------------------------------------------------------ the end
+    def finish(self) -> dict:
+        """Rank 0: best weights -> fused deploy checkpoint; train-time and deploy top-1 must agree."""
+        D.barrier(self.dist)
+        summary = {}
+        if self.dist.is_main:
+            summary = finish_run(self.out, self.test_ds, self.info, self.log, self.cfg["workers"])
+        D.barrier(self.dist)
+        D.teardown(self.dist)
+        return summary
+
+
+def finish_run(out: Path, test_ds, info, log=print, workers: int = 0) -> dict:
+    """Fuse best.safetensors into deploy.safetensors and evaluate both forms on the full test set."""
+    from ..checkpoint import model_from_checkpoint, read_metadata
+
+    best_path = out / "best.safetensors"
+    meta = read_metadata(best_path)
+    trained = model_from_checkpoint(best_path).eval()
+    deployed = reparameterize(trained)
+    loader = build_loader(test_ds, 512, train=False, num_workers=workers)
+    t = evaluate(trained, loader, info.num_classes, keep_outputs=True)
+    d = evaluate(deployed, loader, info.num_classes, keep_outputs=True)
+    labels = torch.as_tensor(test_ds.targets) if hasattr(test_ds, "targets") else torch.cat([y for _, y in loader])
+    check = compare_predictions(t, d, labels)      # raises if fusion changed any non-tie prediction
+    deploy_meta = {k: v for k, v in meta.items() if k not in ("build_args", "deployed", "format", "repvgg_version")}
+    save_checkpoint(deployed, out / "deploy.safetensors", metadata=deploy_meta)
+    save_confusion_png(d["confusion"], out / "confusion.png", info.class_names,
+                       title=f"deploy model, {info.name} test: top-1 {d['top1']:.2f}%")
+    summary = {"train_top1": t["top1"], "deploy_top1": d["top1"], "top5": d["top5"],
+               "agreement_pct": check["agreement"], "flips": check["flips"], "tie_flips": check["tie_flips"],
+               "max_logit_diff": check["max_logit_diff"], "test_images": d["n"], "best_epoch": meta.get("epoch"),
+               "per_class": dict(zip(info.class_names, d["per_class"]))}
+    from .config import atomic_write_text
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    log(f"best weights (epoch {meta.get('epoch')}): train-time top-1 {t['top1']:.2f}%  |  fused deploy "
+        f"top-1 {d['top1']:.2f}%  |  identical predictions on {check['agreement']:.2f}% of {d['n']} "
+        f"test images (max logit diff {check['max_logit_diff']:.2g})")
+    if check["flips"]:
+        log(f"  {check['flips']} prediction(s) differ, all near-ties (two best logits equal within "
+            f"float rounding), which is why accuracy can move by at most that many images")
+    log(format_report(d, info.class_names))
+    log(f"wrote {out}/deploy.safetensors (fused), best.safetensors, last.*, metrics.csv/jsonl, "
+        f"curves.png, confusion.png, train.log")
+    return summary
+
+
+def train(cfg: dict, output, *, resume=False, overwrite=False, quiet=False,
+          stop_at_step: int | None = None) -> dict:
+    """Train with `cfg` (see prepare_run) into `output`; return a summary (best/deploy top-1...).
+
+    stop_at_step: behave as if signalled at that global step (tests, time budgets): save a
+    resumable state and raise TrainingInterrupted.
+    """
+    trainer = Trainer(cfg, output, resume=resume, overwrite=overwrite, quiet=quiet)
+    try:
+        result = trainer.run(stop_at_step)
+    except BaseException:
+        D.teardown(trainer.dist)
+        raise
+    result.update(trainer.finish())
+    return result
+
+
+__all__ = ["train", "prepare_run", "Trainer", "TrainingInterrupted", "finish_run", "GradCheckpointed",
+           "amp_dtype", "RUN_FILES"]

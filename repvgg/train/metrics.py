@@ -1,0 +1,77 @@
+"""Per-epoch metrics: metrics.jsonl (append), metrics.csv and curves.png (rewritten atomically)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .config import atomic_write_text
+
+
+class MetricsLog:
+    """Rows of per-epoch metrics kept in memory and mirrored to jsonl/csv/png in `folder`."""
+
+    def __init__(self, folder: str | os.PathLike, resume_epoch: int | None = None):
+        self.folder = Path(folder)
+        self.jsonl, self.csv, self.png = (self.folder / n for n in ("metrics.jsonl", "metrics.csv", "curves.png"))
+        self.rows: list[dict] = []
+        if resume_epoch is not None and self.jsonl.is_file():
+            # keep the epochs the resumed state has seen; later rows came from a lost tail
+            for line in self.jsonl.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    if row.get("epoch", 0) <= resume_epoch:
+                        self.rows.append(row)
+        self._rewrite_jsonl()
+
+    def _rewrite_jsonl(self) -> None:
+        atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in self.rows))
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        self._write_csv()
+        self.plot()
+
+    def _write_csv(self) -> None:
+        keys = list(dict.fromkeys(k for r in self.rows for k in r))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        w.writerows(self.rows)
+        atomic_write_text(self.csv, buf.getvalue())
+
+    def plot(self) -> None:
+        """Loss, accuracy and lr against epoch, in one PNG."""
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        ep = [r["epoch"] for r in self.rows]
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        axes[0].plot(ep, [r.get("train_loss") for r in self.rows], "o-", label="train")
+        axes[0].plot(ep, [r.get("val_loss") for r in self.rows], "o-", label="test")
+        axes[0].set_title("loss")
+        axes[1].plot(ep, [r.get("train_acc") for r in self.rows], "o-", label="train (augmented)")
+        axes[1].plot(ep, [r.get("val_top1") for r in self.rows], "o-", label="test top-1")
+        axes[1].set_title("accuracy (%)")
+        axes[2].plot(ep, [r.get("lr") for r in self.rows], "o-")
+        axes[2].set_title("lr (end of epoch)")
+        for ax in axes:
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+        axes[0].legend()
+        axes[1].legend()
+        fig.tight_layout()
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".curves.", suffix=".png")
+        os.close(fd)
+        try:
+            fig.savefig(tmp, dpi=90)
+            os.replace(tmp, self.png)
+        finally:
+            plt.close(fig)
+            Path(tmp).unlink(missing_ok=True)
