@@ -14,7 +14,9 @@ __version__ = "0.1.0"
 
 def list_blocks() -> dict[str, str]:
     """Block variants selectable with ``create_model(name, block=...)``, with a one-line description."""
-    return {name: spec.description for name, spec in BLOCKS.items()}
+    from . import reorg  # a whole-network variant, so it is not in BLOCKS
+
+    return {**{name: spec.description for name, spec in BLOCKS.items()}, "residual_reorg": reorg.DESCRIPTION}
 
 
 __all__ = [

@@ -6,6 +6,10 @@ import copy
 import torch.nn as nn
 
 from .blocks import RepVGGBlock
+from .reorg import ConvNormAct
+
+# modules whose fuse() returns their deploy form (Residual Reorg's conv-BN layers keep their shortcuts)
+FUSABLE = (RepVGGBlock, ConvNormAct)
 
 
 def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
@@ -18,7 +22,7 @@ def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
     """
     if not inplace:
         model = copy.deepcopy(model)
-    if isinstance(model, RepVGGBlock):
+    if isinstance(model, FUSABLE):
         return model.fuse().eval()
     _fuse_children(model)
     return model.eval()
@@ -26,7 +30,7 @@ def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
 
 def _fuse_children(module: nn.Module) -> None:
     for name, child in list(module.named_children()):
-        if isinstance(child, RepVGGBlock):
+        if isinstance(child, FUSABLE):
             setattr(module, name, child.fuse())
         else:
             _fuse_children(child)
