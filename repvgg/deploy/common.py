@@ -1,0 +1,156 @@
+"""What export, quantize and prune share: loading a model to deploy, atomic writes, real test
+images, top-1 and CPU timing."""
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..reparam import reparameterize
+
+
+def load_model(checkpoint: str | os.PathLike, name: str | None = None, num_classes: int | None = None,
+               log: Callable[[str], None] = print) -> nn.Module:
+    """The model a checkpoint holds, fused and in eval mode (a train-time file is fused, with a note).
+
+    ``name``/``num_classes`` override the metadata (needed for files without it); a pruned file
+    (``pruned_widths`` in its metadata) is rebuilt with its smaller widths.
+    """
+    from .. import checkpoint as ckpt
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    meta = ckpt.read_metadata(path) or {}
+    if meta.get("pruned_widths"):
+        from .prune import load_pruned
+
+        model = load_pruned(path)
+        if name is not None and model.build_args.get("name") != _canonical(name):
+            raise ValueError(f"checkpoint {path} holds a pruned {model.build_args.get('name')}, not {name}")
+        return model.eval()
+    overrides = {}
+    if name is not None:
+        overrides["name"] = name
+    if num_classes is not None:
+        overrides["num_classes"] = num_classes
+    model = ckpt.model_from_checkpoint(path, **overrides)
+    if not getattr(model, "is_deployed", True):
+        n = sum(1 for m in model.modules() if getattr(m, "deploy", None) is False)
+        log(f"note: {path.name} is a train-time checkpoint; re-parameterized {n} blocks into "
+            "single 3x3 convs before deployment")
+        model = reparameterize(model)
+    return model.eval()
+
+
+def _canonical(name: str) -> str:
+    from ..archs import canonical_name
+
+    return canonical_name(name)
+
+
+def default_image_size(model: nn.Module) -> tuple[int, int]:
+    """28 for small-input (Fashion-MNIST/CIFAR style) models, else ImageNet's 224."""
+    args = getattr(model, "build_args", {})
+    size = args.get("image_size") or (28 if args.get("small_input") else 224)
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; it replaces ``path`` only if the block succeeds.
+
+    On any error the temp file is removed, so a failed command never leaves a half-written
+    or unverified file where the user asked for output.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"--out {path} is a directory; give a file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # same suffix as the target: some writers (torch.export) insist on their extension
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def real_images(n: int, in_chans: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
+    """``n`` real Fashion-MNIST test images (the built-in subset, always offline), normalized and
+    resized/channel-repeated to what the model takes: real statistics for the export checks."""
+    from ..data import STATS
+    from ..data.fashion_mnist import BUILTIN_DIR, load_split
+
+    images, _ = load_split(BUILTIN_DIR, "test")
+    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
+    x = images[idx].float().div(255)
+    mean, std = STATS["fashion-mnist"]
+    x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return x.repeat(1, in_chans, 1, 1) if in_chans != x.shape[1] else x
+
+
+@torch.no_grad()
+def top1(predict: Callable[[torch.Tensor], torch.Tensor], loader) -> float:
+    """Top-1 accuracy in percent of ``predict`` (images -> logits) over a loader."""
+    correct = total = 0
+    for x, y in loader:
+        correct += (torch.as_tensor(predict(x)).argmax(1) == y).sum().item()
+        total += len(y)
+    if total == 0:
+        raise ValueError("evaluation set is empty")
+    return 100.0 * correct / total
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 3) -> dict[str, float]:
+    """Median seconds per call of each function, timed round-robin so that load from other
+    processes on a shared CPU hits every contender alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def conv_linear_flops(model: nn.Module, size: tuple[int, int], in_chans: int) -> int:
+    """Multiply-accumulates of every Conv2d and Linear for one image (what a plain model spends)."""
+    macs = 0
+
+    def conv_hook(m, inp, out):
+        nonlocal macs
+        macs += out.numel() // out.shape[0] * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def lin_hook(m, inp, out):
+        nonlocal macs
+        macs += m.in_features * m.out_features
+
+    hooks = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    hooks += [m.register_forward_hook(lin_hook) for m in model.modules() if isinstance(m, nn.Linear)]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, in_chans, *size))
+    finally:
+        for h in hooks:
+            h.remove()
+    return macs

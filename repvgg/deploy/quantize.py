@@ -1,0 +1,152 @@
+"""Post-training INT8 quantization of a deploy RepVGG with onnxruntime (static, QDQ).
+
+Weights are quantized per output channel (a fused RepVGG kernel has very uneven per-filter ranges,
+which per-tensor scales would crush), activations per tensor (uint8), calibrated on un-augmented
+training images. Plain RepVGG still loses accuracy here because its post-sum activations are
+wide; the ``block="qa"`` (QARepVGG) variant is the architectural fix, measured in
+benchmarks/deploy_int8.py.
+
+PyTorch's own PT2E/X86 flow moved out of torch into ``torchao`` in recent releases; ``method="torch"``
+uses it when torchao is installed and says so clearly when it is not.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .common import atomic_output, time_interleaved, top1
+from .export import export_model
+
+METHODS = ("ort", "torch")
+CALIBRATION = ("minmax", "percentile", "entropy")
+
+
+@dataclass
+class QuantReport:
+    path: Path
+    fp32_top1: float | None = None
+    int8_top1: float | None = None
+    fp32_ms: float | None = None  # median ms per batch, onnxruntime CPU
+    int8_ms: float | None = None
+    batch_size: int = 0
+    calib_images: int = 0
+
+    @property
+    def speedup(self) -> float | None:
+        return self.fp32_ms / self.int8_ms if self.fp32_ms and self.int8_ms else None
+
+    def summary(self) -> str:
+        lines = [f"wrote {self.path} (INT8 QDQ, per-channel weights; calibrated on {self.calib_images} images)"]
+        if self.fp32_top1 is not None:
+            lines.append(f"top-1  fp32 {self.fp32_top1:.2f}%  int8 {self.int8_top1:.2f}%  "
+                         f"(drop {self.fp32_top1 - self.int8_top1:+.2f} points)")
+        if self.fp32_ms is not None:
+            lines.append(f"CPU (onnxruntime, batch {self.batch_size}, median)  fp32 {self.fp32_ms:.2f} ms  "
+                         f"int8 {self.int8_ms:.2f} ms  speed-up {self.speedup:.2f}x")
+        return "\n".join(lines)
+
+
+def calibration_batches(train_ds, batch_size: int, n_batches: int, seed: int = 0) -> list[torch.Tensor]:
+    """``n_batches`` shuffled batches of *un-augmented* training images (augmentation would calibrate
+    ranges the deployed model never sees)."""
+    from ..data import build_loader
+
+    if n_batches < 1:
+        raise ValueError(f"--calib-batches must be >= 1, got {n_batches}")
+    if len(train_ds) == 0:
+        raise ValueError("calibration data is empty: the training split has no images")
+    ds = copy.copy(train_ds)
+    if hasattr(ds, "train"):
+        ds.train = False
+    out = []
+    for x, _ in build_loader(ds, batch_size, train=True, seed=seed, drop_last=False):
+        out.append(x)
+        if len(out) == n_batches:
+            break
+    return out
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader over a list of batches."""
+
+    def __init__(self, batches, input_name: str):
+        self._it = iter([{input_name: b.numpy()} for b in batches])
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def ort_session(model_bytes_or_path, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    src = str(model_bytes_or_path) if isinstance(model_bytes_or_path, (str, os.PathLike)) else model_bytes_or_path
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+def quantize_model(model: nn.Module, out: str | os.PathLike, calib: list[torch.Tensor], *,
+                   method: str = "ort", calibrate: str = "minmax", fp32_out: str | os.PathLike | None = None,
+                   log=print) -> QuantReport:
+    """Write an INT8 ONNX model of a deploy ``model`` calibrated on ``calib`` batches."""
+    if method not in METHODS:
+        raise ValueError(f"unknown quantization method {method!r}; supported: {', '.join(METHODS)}")
+    if calibrate not in CALIBRATION:
+        raise ValueError(f"unknown calibration {calibrate!r}; supported: {', '.join(CALIBRATION)}")
+    if not calib:
+        raise ValueError("no calibration batches: give --data with training images and --calib-batches >= 1")
+    if method == "torch":
+        _require_torchao()
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    size = tuple(calib[0].shape[-2:])
+    with tempfile.TemporaryDirectory() as tmpdir:
+        fp32 = Path(fp32_out) if fp32_out else Path(tmpdir) / "fp32.onnx"
+        export_model(model, fp32, "onnx", dynamic_batch=True, image_size=size, log=log)
+        pre = Path(tmpdir) / "pre.onnx"
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        with atomic_output(out) as tmp:
+            quantize_static(
+                str(pre), str(tmp), _Reader(calib, "input"), quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                                  "entropy": CalibrationMethod.Entropy}[calibrate],
+                extra_options={"CalibMovingAverage": False},
+            )
+            ort_session(str(tmp))  # must load before it replaces anything
+    return QuantReport(Path(out), calib_images=sum(len(b) for b in calib))
+
+
+def _require_torchao():
+    try:
+        import torchao.quantization.pt2e  # noqa: F401
+    except ImportError:
+        raise ValueError("--method torch needs PyTorch's PT2E flow, which in this torch version lives in the "
+                         "'torchao' package (not installed: pip install torchao); use --method ort") from None
+    raise ValueError("--method torch (torchao PT2E/X86) is not implemented yet; use --method ort")
+
+
+def compare(fp32_path, int8_path, test_loader=None, *, bench_batch: torch.Tensor | None = None,
+            repeats: int = 20, threads: int | None = None) -> dict:
+    """fp32 vs INT8 onnxruntime sessions: top-1 on ``test_loader`` and median CPU ms per batch,
+    the two sessions timed interleaved."""
+    s32, s8 = ort_session(fp32_path, threads), ort_session(int8_path, threads)
+    res = {}
+    if test_loader is not None:
+        res["fp32_top1"] = top1(lambda x: s32.run(None, {"input": x.numpy()})[0], test_loader)
+        res["int8_top1"] = top1(lambda x: s8.run(None, {"input": x.numpy()})[0], test_loader)
+    if bench_batch is not None:
+        x = np.ascontiguousarray(bench_batch.numpy())
+        t = time_interleaved({"fp32": lambda: s32.run(None, {"input": x}),
+                              "int8": lambda: s8.run(None, {"input": x})}, repeats=repeats)
+        res["fp32_ms"], res["int8_ms"] = t["fp32"] * 1e3, t["int8"] * 1e3
+    return res
