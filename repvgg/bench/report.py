@@ -1,0 +1,153 @@
+"""Benchmark output: a markdown table for the terminal, and CSV + JSON + a Fig. 1-style scatter.
+
+Every file carries the hardware, software versions, machine load and the command that made it,
+and is written atomically (temp file + os.replace) so a killed run never leaves half a result.
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+COLUMNS = [
+    ("label", "model"), ("images_per_s", "images/s (median)"), ("spread", "min-max"),
+    ("params_m", "params (M)"), ("macs_g", "FLOPs (GMACs)"), ("wino_muls_g", "Wino MULs (G)"),
+    ("peak_mem_mb", "peak mem (MB)"), ("ceiling_fraction", "of ceiling"),
+    ("paper_top1", "paper top-1"), ("paper_speed", "paper img/s (1080Ti)"),
+]
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device) -> dict:
+    """Hardware and software the numbers come from."""
+    import torchvision
+
+    env = dict(
+        date_utc=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+        cpu=cpu_name(), cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
+        mkldnn_bf16=bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__,
+        device=str(device), gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+    )
+    if "timm" in sys.modules:
+        env["timm"] = sys.modules["timm"].__version__
+    return env
+
+
+def loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _fmt(key: str, row: dict) -> str:
+    v = row.get(key)
+    if key == "spread":
+        return f"{row['images_per_s_min']:.1f}-{row['images_per_s_max']:.1f}"
+    if v is None:
+        return "-"
+    if key == "ceiling_fraction":
+        return f"{100 * v:.0f}%"
+    if isinstance(v, float):
+        return f"{v:.2f}" if key in ("params_m", "macs_g", "wino_muls_g", "paper_top1") else f"{v:.1f}"
+    return str(v)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    cols = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows) or c[0] in ("label", "spread")]
+    lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(k, r) for k, _ in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_results(stem: str | Path, result: dict, title: str = "RepVGG benchmark") -> list[Path]:
+    """``stem``.json / .csv / .md / .png; returns the paths written."""
+    stem = Path(stem)
+    rows = result["rows"]
+    paths = [stem.with_suffix(".json"), stem.with_suffix(".csv"), stem.with_suffix(".md")]
+    write_text(paths[0], json.dumps(result, indent=2) + "\n")
+    buf = io.StringIO()
+    keys = [k for k in rows[0] if not isinstance(rows[0][k], (list, dict))] if rows else []
+    writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(paths[1], buf.getvalue())
+    write_text(paths[2], f"# {title}\n\n{markdown_table(rows)}\n\n{settings_text(result)}\n")
+    png = stem.with_suffix(".png")
+    if scatter_png(png, rows, result["environment"], title):
+        paths.append(png)
+    return paths
+
+
+def settings_text(result: dict) -> str:
+    env, s = result["environment"], result["settings"]
+    lines = [f"- {k}: {v}" for k, v in s.items()]
+    lines += [f"- {k}: {v}" for k, v in env.items()]
+    return "\n".join(lines)
+
+
+def scatter_png(path: Path, rows: list[dict], env: dict, title: str) -> bool:
+    """Paper top-1 (labelled as the paper's) against our measured images/s, like the paper's Fig. 1."""
+    pts = [r for r in rows if r.get("paper_top1") is not None and r["form"] != "train"]
+    if not pts:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for group, marker, color in (("repvgg", "o", "tab:red"), ("baseline", "s", "tab:blue"), ("timm", "^", "tab:green")):
+        sel = [r for r in pts if r["kind"] == group]
+        if sel:
+            ax.scatter([r["images_per_s"] for r in sel], [r["paper_top1"] for r in sel], marker=marker,
+                       color=color, label=group)
+        for r in sel:
+            ax.annotate(r["name"], (r["images_per_s"], r["paper_top1"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(f"measured images/s ({env.get('gpu') or env.get('cpu')}, {rows[0]['dtype']})")
+    ax.set_ylabel("ImageNet top-1 (%), the paper's Tables 4/5")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    plt.close(fig)
+    return True

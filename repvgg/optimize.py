@@ -1,0 +1,144 @@
+"""``optimize_for_inference``: the fastest form of a model we can verify for one device and dtype.
+
+Steps: fuse (RepVGG blocks re-parameterized, any remaining conv-BN folded with torch.fx), cast,
+channels_last where it helps (oneDNN on CPU and tensor cores on GPU both prefer NHWC), then
+``torch.compile`` with inductor freezing (weights become constants: oneDNN weight prepacking and
+conv+ReLU fusion on CPU, constant folding on GPU). Each candidate is checked against the plain
+fused fp32 model on a random batch and the first one that passes is returned.
+
+Reduced precision (bf16/fp16) gets only a loose check here: a deep plain net with random weights
+amplifies rounding, so a random-input tolerance says nothing about accuracy. Check top-1 on real
+data before deploying reduced precision (benchmarks/bench_figures.py does this for a trained model).
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+import torch.nn as nn
+
+from .blocks import RepVGGBlock
+from .reparam import reparameterize
+
+FP32_TOL = 1e-4  # relative max error; TF32 convs on GPU get TF32_TOL
+TF32_TOL = 5e-3
+REDUCED_TOL = 0.1  # catches a broken transform, not an accuracy loss: see the module docstring
+
+
+class InferenceModel(nn.Module):
+    """Wraps the optimized module: casts the input to its device/dtype/layout, runs without autograd."""
+
+    def __init__(self, impl: nn.Module, device: torch.device, dtype: torch.dtype, channels_last: bool, info: dict):
+        super().__init__()
+        self.impl = impl
+        self.device, self.dtype, self.channels_last = device, dtype, channels_last
+        self.optimize_info = info
+
+    def forward(self, x: torch.Tensor):
+        fmt = torch.channels_last if self.channels_last and x.dim() == 4 else torch.contiguous_format
+        x = x.to(device=self.device, dtype=self.dtype).contiguous(memory_format=fmt)
+        with torch.inference_mode():
+            return self.impl(x)
+
+
+def fuse_model(model: nn.Module) -> nn.Module:
+    """A fused eval copy: our blocks re-parameterized, other conv->BN pairs folded via torch.fx."""
+    model = reparameterize(model)  # copies; a no-op for models without RepVGG blocks
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if has_bn and not any(isinstance(m, RepVGGBlock) for m in model.modules()):
+        from torch.fx.experimental.optimization import fuse
+
+        try:
+            model = fuse(model, inplace=True).eval()
+        except Exception as e:  # not traceable by torch.fx: run unfused rather than fail
+            warnings.warn(f"conv-BN fusion skipped, torch.fx could not trace the model: {e}", stacklevel=3)
+    return model
+
+
+def compile_for_inference(model: nn.Module, device: torch.device) -> nn.Module:
+    """torch.compile with inductor freezing (call the result under no_grad/inference_mode)."""
+    return torch.compile(model, dynamic=False, options={"freezing": True})
+
+
+def check_device_dtype(device: torch.device, dtype: torch.dtype) -> None:
+    """Clear errors for a device or dtype this machine cannot run."""
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but no CUDA GPU is available here; use device='cpu'")
+        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            raise ValueError("this GPU does not support bf16; use torch.float16")
+    elif device.type == "cpu":
+        mkldnn = torch.backends.mkldnn.is_available()
+        if dtype == torch.bfloat16 and not (mkldnn and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+            raise ValueError("this CPU has no fast bf16 (needs oneDNN with AVX512-BF16/AMX); use torch.float32")
+        if dtype == torch.float16 and not (mkldnn and torch.ops.mkldnn._is_mkldnn_fp16_supported()):
+            raise ValueError("this CPU has no fast fp16 (needs AVX512-FP16/AMX-FP16); use torch.bfloat16 "
+                             "where supported, or torch.float32")
+    else:
+        raise ValueError(f"unsupported device {device}; use 'cpu' or 'cuda'")
+
+
+def _flat(out) -> torch.Tensor:
+    if isinstance(out, (list, tuple)):
+        return torch.cat([o.float().flatten() for o in out])
+    return out.float().flatten()
+
+
+def _rel_err(out, ref) -> float:
+    a, b = _flat(out).cpu(), _flat(ref).cpu()
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+@torch.no_grad()
+def optimize_for_inference(
+    model: nn.Module,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    *,
+    channels_last: bool | None = None,
+    compile: bool | None = None,
+    example_shape: tuple[int, ...] = (2, 3, 224, 224),
+) -> InferenceModel:
+    """The fastest verified inference form of ``model`` (left untouched) for ``device`` and ``dtype``.
+
+    ``channels_last``/``compile`` default to what helps on the device (both on, compile only where
+    torch.compile can run). The result takes inputs of any float dtype/layout and converts them;
+    ``result.optimize_info`` says what was applied and the error measured against the fused fp32
+    model on a random ``example_shape`` batch. Raises ValueError for an unusable device/dtype and
+    RuntimeError if no candidate passes the check.
+    """
+    device = torch.device(device)
+    check_device_dtype(device, dtype)
+    ref = fuse_model(model).to(device=device, dtype=torch.float32).eval()
+    channels_last = True if channels_last is None else channels_last
+    compile = hasattr(torch, "compile") if compile is None else compile
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(example_shape, generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.inference_mode():
+        expected = ref(x)
+    tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32
+    tol = (TF32_TOL if tf32 else FP32_TOL) if dtype == torch.float32 else REDUCED_TOL
+
+    failures = []
+    for use_compile in ([True, False] if compile else [False]):
+        impl = copy.deepcopy(ref).to(dtype=dtype, memory_format=fmt)
+        if use_compile:
+            impl = compile_for_inference(impl, device)
+        info = dict(device=str(device), dtype=str(dtype).removeprefix("torch."), channels_last=channels_last,
+                    compiled=use_compile, freezing=use_compile, tolerance=tol)
+        candidate = InferenceModel(impl, device, dtype, channels_last, info)
+        try:
+            err = _rel_err(candidate(x), expected)
+        except Exception as e:  # e.g. no C++ compiler for inductor: fall back to eager
+            failures.append(f"{'compiled' if use_compile else 'eager'}: {type(e).__name__}: {e}"[:500])
+            continue
+        info["max_rel_err"] = err
+        if err <= tol:
+            if failures:
+                warnings.warn("optimize_for_inference fell back: " + "; ".join(failures), stacklevel=2)
+            return candidate
+        failures.append(f"{'compiled' if use_compile else 'eager'}: relative error {err:.2e} > {tol:.0e}")
+    raise RuntimeError("no optimized form matched the fused model: " + "; ".join(failures))
