@@ -38,9 +38,12 @@ class CheckpointError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------- save
-def save_checkpoint(model: nn.Module | Mapping, path: str | PathLike, metadata: Mapping | None = None) -> Path:
-    """Write the weights to ``path`` atomically (.safetensors, or .pth/.pt via ``torch.save``).
+def save_checkpoint(
+    model: nn.Module | Mapping, path: str | PathLike, metadata: Mapping | None = None, fmt: str | None = None
+) -> Path:
+    """Write the weights to ``path`` atomically: safetensors, or .pth/.pt via ``torch.save``.
 
+    ``fmt`` ("safetensors" or "pth") defaults to the one the extension names, else safetensors.
     The file says what it holds: format name, repvgg version, ``build_args`` (what rebuilds the
     model) and whether it is deployed. A .pth file is ``{"state_dict": tensors, "metadata": strs}``.
     A failure leaves no partial file and never clobbers an existing one.
@@ -48,9 +51,9 @@ def save_checkpoint(model: nn.Module | Mapping, path: str | PathLike, metadata: 
     from . import __version__
 
     path = Path(path)
-    fmt = _format_from_suffix(path)
-    if fmt is None:
-        raise ValueError(f"unknown checkpoint extension {path.suffix!r} in {path}; use .safetensors, .pth or .pt")
+    fmt = fmt or _format_from_suffix(path) or "safetensors"
+    if fmt not in ("safetensors", "pth"):
+        raise ValueError(f"unknown checkpoint format {fmt!r}; use 'safetensors' or 'pth'")
     state = model if isinstance(model, Mapping) else model.state_dict()
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     meta = {"format": FORMAT_NAME, "repvgg_version": __version__, "deployed": json.dumps(_is_deploy_form(tensors))}
@@ -148,10 +151,10 @@ def _sniff_format(path: Path) -> str:
     """By content first (a renamed file still loads), by extension when the head says nothing."""
     with open(path, "rb") as f:
         head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{":  # safetensors: u64 header length, then JSON
+        return "safetensors"  # checked first: a header length like 0x..80 starts with the pickle byte
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch zip archive / legacy pickle
         return "pth"
-    if len(head) == 9 and head[8:9] == b"{":  # safetensors: u64 header length, then JSON
-        return "safetensors"
     return _format_from_suffix(path) or "pth"
 
 
@@ -401,3 +404,73 @@ def build_args_for(sd_ours: Mapping, meta: Mapping, source: str) -> dict:
         )
     info = infer_arch(sd_ours)
     return dict(name=name, num_classes=info["num_classes"], in_chans=info["in_chans"])
+
+
+# ------------------------------------------------------------------------------------- convert
+TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}  # max relative error, fused vs train form
+
+
+def fusion_error(train: nn.Module, deploy: nn.Module, x: torch.Tensor) -> tuple[float, float]:
+    """``(max abs error, max abs error / max |train output|)`` of the two forms on ``x``."""
+    with torch.no_grad():
+        ref, out = train.eval()(x), deploy.eval()(x)
+    abs_err = (out - ref).abs().max().item()
+    return abs_err, abs_err / max(ref.abs().max().item(), 1e-30)
+
+
+def convert_checkpoint(
+    src: str | PathLike, dst: str | PathLike, model: str | None = None, num_classes: int | None = None,
+    verify: bool = False, fmt: str | None = None, image_size: int = 64, seed: int = 0,
+) -> dict:
+    """Fuse a train-time checkpoint (any naming) into a deploy checkpoint at ``dst``.
+
+    The model comes from ``model`` (a zoo name), else the file's metadata, else its shapes. Fusion
+    runs in float64 and rounds once. With ``verify``, both forms run on random input in float64
+    and float32; above :data:`TOLERANCE` nothing is written and the report has ``ok=False``.
+    A checkpoint already in deploy form is rewritten in our naming. Returns a report dict.
+    """
+    import copy
+
+    from .archs import canonical_name
+    from .factory import create_model
+    from .reparam import reparameterize
+
+    sd, meta = read_checkpoint(src)
+    ours, naming = normalize_state_dict(sd, str(src))
+    args = dict(meta.get("build_args") or {}) if isinstance(meta.get("build_args"), dict) else {}
+    info = infer_arch(ours) or {}
+    if model is not None:
+        args["name"] = canonical_name(model)
+    elif "name" not in args:
+        args = build_args_for(ours, {}, str(src))
+    args.setdefault("in_chans", info.get("in_chans", 3))
+    if num_classes is not None:
+        args["num_classes"] = num_classes
+    elif "num_classes" not in args:
+        args["num_classes"] = info.get("num_classes") or 1000
+    report = dict(src=str(src), dst=str(dst), naming=naming, model=args["name"], ok=True, errors={})
+    extra_meta = {"converted_from": Path(src).name, "source_naming": naming}
+    if _is_deploy_form(ours):
+        deployed = load_state_dict(create_model(**args, deploy=True), ours, source=str(src))
+        report["already_deployed"] = True
+        save_checkpoint(deployed, dst, metadata=extra_meta, fmt=fmt)
+        return report
+
+    train = load_state_dict(create_model(**args), ours, source=str(src)).eval()
+    train64 = copy.deepcopy(train).double()
+    x = torch.randn(2, args["in_chans"], image_size, image_size, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        ref64 = train64(x) if verify else None
+    fused64 = reparameterize(train64, inplace=True)  # raises NotConvertibleError, with the reason
+    fused = copy.deepcopy(fused64).to(next(train.parameters()).dtype)
+    if verify:
+        with torch.no_grad():
+            abs64 = (fused64(x) - ref64).abs().max().item()
+        report["errors"]["float64"] = (abs64, abs64 / max(ref64.abs().max().item(), 1e-30))
+        report["errors"]["float32"] = fusion_error(train, fused, x.float())
+        report["ok"] = all(rel <= TOLERANCE[getattr(torch, dt)] for dt, (_, rel) in report["errors"].items())
+        if not report["ok"]:
+            return report
+    save_checkpoint(fused, dst, metadata=extra_meta, fmt=fmt)
+    return report

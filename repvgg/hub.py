@@ -35,8 +35,6 @@ PRETRAINED_FILES = {
     "repvgg_b3g4": f"repvgg-B3g4_3rdparty_{_LONG}_20210909-4e54846a.pth",
     "repvgg_d2se": f"repvgg-D2se_3rdparty_{_LONG}_20210909-cf3139b7.pth",
 }
-PRETRAINED_CLASSES = 1000
-
 
 def cache_dir() -> Path:
     env = os.environ.get("REPVGG_CACHE")
@@ -71,10 +69,10 @@ def load_pretrained(model: nn.Module, name: str) -> nn.Module:
     path = pretrained_path(name)
     sd, _ = read_checkpoint(path)
     sd, _ = normalize_state_dict(sd, str(path))
-    head = model.state_dict().get("head.fc.weight")
-    if head is not None and head.shape[0] != PRETRAINED_CLASSES:
+    head, theirs = model.state_dict().get("head.fc.weight"), sd.get("head.fc.weight")
+    if head is not None and theirs is not None and head.shape != theirs.shape:
         warnings.warn(
-            f"{name}: pretrained head has {PRETRAINED_CLASSES} classes, the model {head.shape[0]}; "
+            f"{name}: the pretrained head has {theirs.shape[0]} classes, the model {head.shape[0]}; "
             "loading the backbone only, head.fc keeps its fresh initialization",
             stacklevel=3,
         )
