@@ -34,6 +34,7 @@ def load_model(checkpoint: str | os.PathLike, name: str | None = None, num_class
         from .prune import load_pruned
 
         model = load_pruned(path)
+        model.checkpoint_meta = meta
         if name is not None and model.build_args.get("name") != _canonical(name):
             raise ValueError(f"checkpoint {path} holds a pruned {model.build_args.get('name')}, not {name}")
         return model.eval()
@@ -48,6 +49,7 @@ def load_model(checkpoint: str | os.PathLike, name: str | None = None, num_class
         log(f"note: {path.name} is a train-time checkpoint; re-parameterized {n} blocks into "
             "single 3x3 convs before deployment")
         model = reparameterize(model)
+    model.checkpoint_meta = meta
     return model.eval()
 
 
@@ -58,9 +60,12 @@ def _canonical(name: str) -> str:
 
 
 def default_image_size(model: nn.Module) -> tuple[int, int]:
-    """28 for small-input (Fashion-MNIST/CIFAR style) models, else ImageNet's 224."""
-    args = getattr(model, "build_args", {})
-    size = args.get("image_size") or (28 if args.get("small_input") else 224)
+    """The size it was trained at (checkpoint metadata), else 28 for small-input models, else 224."""
+    args, meta = getattr(model, "build_args", {}), getattr(model, "checkpoint_meta", {})
+    size = meta.get("image_size")
+    if isinstance(size, str):
+        size = int(size) if size.isdigit() else None
+    size = size or (28 if args.get("small_input") else 224)
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
@@ -127,30 +132,3 @@ def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int = 20, wa
             fn()
             times[k].append(time.perf_counter() - t)
     return {k: statistics.median(v) for k, v in times.items()}
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def conv_linear_flops(model: nn.Module, size: tuple[int, int], in_chans: int) -> int:
-    """Multiply-accumulates of every Conv2d and Linear for one image (what a plain model spends)."""
-    macs = 0
-
-    def conv_hook(m, inp, out):
-        nonlocal macs
-        macs += out.numel() // out.shape[0] * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-
-    def lin_hook(m, inp, out):
-        nonlocal macs
-        macs += m.in_features * m.out_features
-
-    hooks = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    hooks += [m.register_forward_hook(lin_hook) for m in model.modules() if isinstance(m, nn.Linear)]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, in_chans, *size))
-    finally:
-        for h in hooks:
-            h.remove()
-    return macs

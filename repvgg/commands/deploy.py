@@ -1,0 +1,181 @@
+"""Verbs `export`, `quantize` and `prune`: thin wrappers over repvgg.deploy."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _common(p, out_help: str) -> None:
+    p.add_argument("--checkpoint", required=True, help="a .safetensors/.pth checkpoint (train-time files are fused first)")
+    p.add_argument("--model", help="model name (default: from the checkpoint's metadata)")
+    p.add_argument("--num-classes", type=int, help="default: from the checkpoint")
+    p.add_argument("--out", help=out_help)
+
+
+def register(sub) -> None:
+    from ..deploy.export import DEFAULT_OPSET, FORMATS, ONNX_OPSETS, TOLERANCE
+
+    e = sub.add_parser("export", help="export a fused model to ONNX / TorchScript / torch.export, verified",
+                       description="Export a RepVGG as its plain deploy network and check the file against "
+                                   "PyTorch on random and real images; fails (writing nothing) above tolerance.")
+    _common(e, "output file (default: the checkpoint's name with .onnx/.ts.pt/.pt2)")
+    e.add_argument("--format", default="onnx", help=f"one of: {', '.join(FORMATS)} (default onnx)")
+    e.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"ONNX opset {ONNX_OPSETS[0]}-{ONNX_OPSETS[-1]} (default {DEFAULT_OPSET})")
+    e.add_argument("--dynamic-batch", action="store_true", help="a batch dimension of any size")
+    e.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="input size (default: the training size in the checkpoint, else 28/224)")
+    e.add_argument("--tolerance", type=float, default=TOLERANCE, help="max relative error vs PyTorch")
+    e.set_defaults(func=run_export)
+
+    q = sub.add_parser("quantize", help="INT8 ONNX model (onnxruntime static QDQ), fp32 vs INT8 top-1 and speed",
+                       description="Post-training INT8 quantization calibrated on training images, then fp32 vs "
+                                   "INT8 top-1 on the test split and CPU speed (onnxruntime), side by side.")
+    _common(q, "INT8 .onnx file (default: CHECKPOINT.int8.onnx)")
+    q.add_argument("--data", required=True, help="fashion-mnist | fashion-mnist-builtin | cifar10 | cifar100 | imagefolder:PATH")
+    q.add_argument("--data-dir")
+    q.add_argument("--calib-batches", type=int, default=8, help="training batches for calibration (default 8)")
+    q.add_argument("--batch-size", type=int, default=64, help="calibration / evaluation / timing batch")
+    q.add_argument("--method", default="ort", help="ort (onnxruntime) | torch (PT2E, needs torchao)")
+    q.add_argument("--calibrate", default="minmax", help="minmax | percentile | entropy")
+    q.add_argument("--fp32-out", help="also keep the verified fp32 .onnx here")
+    q.add_argument("--eval-images", type=int, help="evaluate on the first N test images (default: all)")
+    q.add_argument("--repeats", type=int, default=20, help="timing repeats (median)")
+    q.set_defaults(func=run_quantize)
+
+    r = sub.add_parser("prune", help="L1 structured channel pruning of the fused plain model (+ fine-tune)",
+                       description="Remove the lowest-L1 filters of every prunable fused conv (and the matching "
+                                   "inputs of the next conv / classifier); report params, MACs, CPU speed and "
+                                   "top-1 before/after pruning and after fine-tuning.")
+    _common(r, "pruned checkpoint (.safetensors/.pth); widths are stored in its metadata")
+    r.add_argument("--ratio", type=float, required=True, help="fraction of filters removed per layer, in (0, 1)")
+    r.add_argument("--data", help="dataset for top-1 and fine-tuning (needed with --finetune-epochs)")
+    r.add_argument("--data-dir")
+    r.add_argument("--finetune-epochs", type=int, default=0)
+    r.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
+    r.add_argument("--batch-size", type=int, default=128)
+    r.add_argument("--eval-images", type=int, help="evaluate on the first N test images (default: all)")
+    r.set_defaults(func=run_prune)
+
+
+def _default_out(ckpt: str, suffix: str) -> Path:
+    p = Path(ckpt)
+    return p.with_name(p.stem + suffix)
+
+
+def run_export(args) -> int:
+    from ..deploy.common import load_model
+    from ..deploy.export import check_format, check_opset, export_model
+
+    check_format(args.format)  # before loading anything: bad flags fail fast
+    if args.format == "onnx":
+        check_opset(args.opset)
+    suffix = {"onnx": ".onnx", "torchscript": ".ts.pt", "pt2": ".pt2"}[args.format]
+    out = Path(args.out) if args.out else _default_out(args.checkpoint, suffix)
+    model = load_model(args.checkpoint, args.model, args.num_classes)
+    report = export_model(model, out, args.format, opset=args.opset, dynamic_batch=args.dynamic_batch,
+                          image_size=args.image_size, tol=args.tolerance)
+    print(report.summary())
+    return 0
+
+
+def _test_loader(test_ds, batch_size: int, limit: int | None):
+    from torch.utils.data import Subset
+
+    from ..data import build_loader
+
+    if limit:
+        if hasattr(test_ds, "images"):  # in-memory: slice it, keeping the fast loader
+            import copy
+
+            test_ds = copy.copy(test_ds)
+            test_ds.images, test_ds.targets = test_ds.images[:limit], test_ds.targets[:limit]
+        else:
+            test_ds = Subset(test_ds, range(min(limit, len(test_ds))))
+            from torch.utils.data import DataLoader
+
+            return DataLoader(test_ds, batch_size)
+    return build_loader(test_ds, batch_size, train=False)
+
+
+def _datasets(args, model):
+    from ..data import build_datasets
+
+    size = getattr(model, "checkpoint_meta", {}).get("image_size")
+    train_ds, test_ds, info = build_datasets(args.data, args.data_dir, size if isinstance(size, int) else None,
+                                             recipe_aug="simple")
+    if info.in_chans != model.in_chans:
+        raise ValueError(f"channel mismatch: the model takes {model.in_chans}-channel images but {args.data} "
+                         f"has {info.in_chans}")
+    n_cls = model.head.fc.out_features if hasattr(model.head.fc, "out_features") else 0
+    if n_cls != info.num_classes:
+        raise ValueError(f"label-count mismatch: the model has {n_cls} classes but {args.data} has {info.num_classes}")
+    return train_ds, test_ds, info
+
+
+def run_quantize(args) -> int:
+    from ..deploy.common import load_model
+    from ..deploy.quantize import CALIBRATION, METHODS, calibration_batches, compare, quantize_model
+
+    if args.method not in METHODS:
+        raise ValueError(f"unknown --method {args.method!r}; supported: {', '.join(METHODS)}")
+    if args.calibrate not in CALIBRATION:
+        raise ValueError(f"unknown --calibrate {args.calibrate!r}; supported: {', '.join(CALIBRATION)}")
+    if args.calib_batches < 1:
+        raise ValueError(f"--calib-batches must be >= 1, got {args.calib_batches}")
+    out = Path(args.out) if args.out else _default_out(args.checkpoint, ".int8.onnx")
+    model = load_model(args.checkpoint, args.model, args.num_classes)
+    train_ds, test_ds, info = _datasets(args, model)
+    calib = calibration_batches(train_ds, args.batch_size, args.calib_batches)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(args.fp32_out) if args.fp32_out else Path(tmp) / "fp32.onnx"
+        report = quantize_model(model, out, calib, method=args.method, calibrate=args.calibrate, fp32_out=fp32)
+        res = compare(fp32, out, _test_loader(test_ds, args.batch_size, args.eval_images),
+                      bench_batch=calib[0], repeats=args.repeats)
+    report.fp32_top1, report.int8_top1 = res["fp32_top1"], res["int8_top1"]
+    report.fp32_ms, report.int8_ms, report.batch_size = res["fp32_ms"], res["int8_ms"], len(calib[0])
+    print(report.summary())
+    return 0
+
+
+def run_prune(args) -> int:
+    import torch
+
+    from ..complexity import count_macs, count_params
+    from ..deploy.common import default_image_size, load_model, time_interleaved, top1
+    from ..deploy.prune import finetune, prune_model, save_pruned
+
+    if not 0 < args.ratio < 1:
+        raise ValueError(f"--ratio must be strictly between 0 and 1 (the fraction of filters removed), got {args.ratio}")
+    if args.finetune_epochs and not args.data:
+        raise ValueError("--finetune-epochs needs --data (the training images)")
+    if not args.out:
+        raise ValueError("--out is required: where to write the pruned checkpoint")
+    model = load_model(args.checkpoint, args.model, args.num_classes)
+    data = _datasets(args, model) if args.data else None
+    result = prune_model(model, args.ratio)
+    pruned = result.model
+    size = (data[2].image_size,) * 2 if data else default_image_size(model)
+    shape = (1, model.in_chans, *size)
+    rows = [("params", count_params(model), count_params(pruned)), ("MACs", count_macs(model, shape), count_macs(pruned, shape))]
+    x = torch.randn(args.batch_size, *shape[1:])
+    with torch.no_grad():
+        t = time_interleaved({"before": lambda: model(x), "after": lambda: pruned(x)}, repeats=10)
+    rows.append((f"CPU ms/batch {args.batch_size}", t["before"] * 1e3, t["after"] * 1e3))
+    if data:
+        loader = _test_loader(data[1], 256, args.eval_images)
+        rows.append(("top-1 %", top1(model, loader), top1(pruned, loader)))
+        if args.finetune_epochs:
+            finetune(pruned, data[0], args.finetune_epochs, lr=args.lr, batch_size=args.batch_size)
+            rows.append(("top-1 % after fine-tune", None, top1(pruned, loader)))
+    save_pruned(pruned, args.out, metadata={"prune_ratio": args.ratio, "finetune_epochs": args.finetune_epochs,
+                                            "image_size": size[0]})
+    print(f"pruned {args.ratio:.0%} of filters per prunable layer ({len(result.skipped)} layers left alone); "
+          f"widths {result.widths}")
+    for name, before, after in rows:
+        b = "" if before is None else f"{before:,.2f}" if isinstance(before, float) else f"{before:,}"
+        a = f"{after:,.2f}" if isinstance(after, float) else f"{after:,}"
+        print(f"  {name:<28} before {b:>14}   after {a:>14}")
+    print(f"  CPU speed-up {t['before'] / t['after']:.2f}x; wrote {args.out}")
+    return 0
