@@ -1,0 +1,63 @@
+"""optimize_for_inference: verified against the fused model; clear errors for what cannot run here."""
+import pytest
+import torch
+import torch.nn as nn
+
+import repvgg
+from repvgg import optimize
+from repvgg.optimize import optimize_for_inference
+from tests.conftest import randomize_bn_, rel_err
+
+BF16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def _model():
+    return randomize_bn_(repvgg.create_model("repvgg_a0", num_classes=10)).eval()
+
+
+def test_fp32_eager_matches_fused_model():
+    model = _model()
+    opt = optimize_for_inference(model, compile=False, example_shape=(2, 3, 32, 32))
+    info = opt.optimize_info
+    assert info["channels_last"] and not info["compiled"] and info["max_rel_err"] <= optimize.FP32_TOL
+    assert any(hasattr(m, "conv3x3") for m in model.modules())  # the input model is left as it was
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_err(opt(x), model(x)) < 1e-4
+
+
+def test_compiled_with_freezing():
+    net = randomize_bn_(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.Conv2d(8, 4, 3, padding=1)))
+    opt = optimize_for_inference(net.eval(), example_shape=(2, 3, 16, 16))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert rel_err(opt(x), net.eval()(x)) < 1e-4
+    assert opt.optimize_info["compiled"] or "compile" not in dir(torch)
+
+
+@pytest.mark.skipif(not BF16, reason="this CPU has no fast bf16")
+def test_bf16_runs_and_is_loosely_checked():
+    opt = optimize_for_inference(_model(), dtype=torch.bfloat16, compile=False, example_shape=(2, 3, 32, 32))
+    assert opt.optimize_info["tolerance"] == optimize.REDUCED_TOL
+    assert opt(torch.randn(1, 3, 32, 32)).dtype == torch.bfloat16
+
+
+def test_failed_check_raises(monkeypatch):
+    monkeypatch.setattr(optimize, "FP32_TOL", -1.0)
+    with pytest.raises(RuntimeError, match="no optimized form matched"):
+        optimize_for_inference(_model(), compile=False, example_shape=(1, 3, 32, 32))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_cuda_without_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        optimize_for_inference(_model(), device="cuda")
+
+
+def test_bad_dtype():
+    with pytest.raises(ValueError, match="dtype must be"):
+        optimize_for_inference(_model(), dtype=torch.int8)
+    if not torch.ops.mkldnn._is_mkldnn_fp16_supported():
+        with pytest.raises(ValueError, match="no fast fp16"):
+            optimize_for_inference(_model(), dtype=torch.float16)
