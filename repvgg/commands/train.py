@@ -27,6 +27,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu | cuda | auto")
     p.add_argument("--workers", type=int, help="DataLoader workers (ImageFolder data only)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 is best on a CPU busy with other jobs)")
     p.add_argument("--amp", nargs="?", const=True, default=None, choices=(True, "auto", "bf16", "fp16"),
                    help="mixed precision: bf16 on CPU, fp16 on CUDA (or name the dtype)")
     p.add_argument("--grad-clip", type=float, help="clip the global gradient norm")
@@ -64,7 +65,7 @@ def register(sub) -> None:
 
 _OVERRIDE_KEYS = ("model", "data", "data_dir", "block", "epochs", "batch_size", "lr", "weight_decay",
                   "warmup_epochs", "label_smoothing", "mixup", "aug", "image_size", "seed", "device",
-                  "workers", "amp", "grad_clip", "small_input", "ema", "channels_last", "sync_bn",
+                  "workers", "threads", "amp", "grad_clip", "small_input", "ema", "channels_last", "sync_bn",
                   "grad_checkpointing")
 
 

@@ -39,7 +39,7 @@ RUN_FILES = ("config.yaml", "last.safetensors", "last_ema.safetensors", "last.st
              "best.safetensors", "deploy.safetensors", "metrics.jsonl", "metrics.csv",
              "curves.png", "confusion.png", "train.log", "summary.json")
 # settings that may differ on --resume without changing the result
-RESUME_FREE = ("device", "workers", "data_dir")
+RESUME_FREE = ("device", "workers", "data_dir", "threads")
 
 
 class TrainingInterrupted(Exception):
@@ -193,6 +193,8 @@ class Trainer:
 
     def __init__(self, cfg: dict, output, *, resume=False, overwrite=False, quiet=False):
         self.cfg, self.out, self.quiet = cfg, Path(output), quiet
+        if cfg.get("threads"):
+            torch.set_num_threads(int(cfg["threads"]))   # 1 is far faster on a CPU shared with other jobs
         self.dist = D.setup("cuda" if cfg["device"].startswith("cuda") or (
             cfg["device"] == "auto" and torch.cuda.is_available()) else "cpu")
         self.device = resolve_device(cfg["device"], self.dist)

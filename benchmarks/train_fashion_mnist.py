@@ -1,0 +1,155 @@
+"""Train a RepVGG on the full Fashion-MNIST (60k/10k) with a recipe and record everything.
+
+    nice -n 10 python benchmarks/train_fashion_mnist.py --block repvgg   # the 30-min CPU target
+    nice -n 10 python benchmarks/train_fashion_mnist.py --block plain    # same recipe, no branches
+    python benchmarks/train_fashion_mnist.py --recipe heavy --model repvgg_a0 --small-input \
+        --epochs 60 --device cuda --tag long                             # the >= 95.5% run (GPU)
+
+It runs the `repvgg train` command a user would run, tees its log, and writes to
+benchmarks/results/: train_fashion_mnist_<tag>.json (command, hardware, versions, wall time,
+time-to-accuracy rows, final train-time and deploy top-1), .md (a readable summary), .log
+(the full log) and _curve.png (test top-1 against wall time). Needs the full data set
+(`apt-get install dataset-fashion-mnist`, or --data-dir).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+
+
+def hardware() -> dict:
+    import torch
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return {"cpu": cpu, "cores": os.cpu_count(), "avx512_bf16": "avx512_bf16" in flags,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
+
+
+def versions() -> dict:
+    import torch
+    import torchvision
+
+    import repvgg
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "repvgg": repvgg.__version__}
+
+
+def plot_curve(rows: list[dict], path: Path, title: str, target: float) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["elapsed_s"] / 60 for r in rows], [r["val_top1"] for r in rows], "o-")
+    ax.axhline(target, color="grey", ls="--", lw=1, label=f"{target}%")
+    ax.set_xlabel("wall time (min)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", default="small")
+    ap.add_argument("--model", default="repvgg_a0")
+    ap.add_argument("--block", default="repvgg")
+    ap.add_argument("--epochs", type=int)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--data-dir")
+    ap.add_argument("--threads", type=int, help="torch threads (1 on a machine shared with other jobs)")
+    ap.add_argument("--small-input", action="store_true", help="(the small recipe already sets it)")
+    ap.add_argument("--target", type=float, default=94.0, help="top-1 %% for the time-to-accuracy figure")
+    ap.add_argument("--tag", help="results name suffix (default: the block)")
+    ap.add_argument("--runs", default=str(ROOT.parent / "runs"), help="where the run folder goes")
+    args = ap.parse_args()
+
+    tag = args.tag or args.block
+    out = Path(args.runs) / f"bench-fmnist-{tag}"
+    cmd = [sys.executable, "-m", "repvgg", "train", "--recipe", args.recipe, "--model", args.model,
+           "--block", args.block, "--data", "fashion-mnist", "--output", str(out), "--overwrite",
+           "--device", args.device]
+    if args.epochs:
+        cmd += ["--epochs", str(args.epochs)]
+    if args.data_dir:
+        cmd += ["--data-dir", args.data_dir]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    if args.small_input:
+        cmd += ["--small-input"]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / f"train_fashion_mnist_{tag}"
+    log_path = stem.with_suffix(".log")
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        log.write(f"$ {shlex.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "TQDM_DISABLE": "1"})
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            log.write(line)
+            log.flush()
+        rc = proc.wait()
+    wall = time.perf_counter() - t0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()] \
+        if (out / "metrics.jsonl").exists() else []
+    summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+    hit = next((r for r in rows if r.get("val_top1", 0) >= args.target), None)
+    result = {
+        "command": shlex.join(cmd), "exit_code": rc, "started": started, "wall_s": round(wall, 1),
+        "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
+        "hardware": hardware(), "versions": versions(), "recipe": args.recipe, "block": args.block,
+        "model": args.model, "config": (out / "config.yaml").read_text() if (out / "config.yaml").exists() else None,
+        "time_to_accuracy": [{"epoch": r["epoch"], "elapsed_s": round(r["elapsed_s"], 1),
+                              "test_top1": r.get("val_top1"), "img_per_s": round(r["img_per_s"], 1)} for r in rows],
+        f"time_to_{args.target}_s": round(hit["elapsed_s"], 1) if hit else None,
+        "final": summary,
+    }
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    if rows:
+        plot_curve(rows, stem.parent / f"{stem.name}_curve.png",
+                   f"{args.model} ({args.block}), recipe {args.recipe}: Fashion-MNIST test top-1", args.target)
+    md = [f"# Fashion-MNIST, {args.model} ({args.block} blocks), recipe `{args.recipe}`", "",
+          f"- command: `{shlex.join(cmd)}`", f"- started {started}; wall time {wall / 60:.1f} min; exit code {rc}",
+          f"- hardware: {result['hardware']}", f"- versions: {result['versions']}",
+          f"- load average before/after: {load_before} / {result['load_avg_after']} (shared machine)",
+          f"- time to {args.target}% test top-1: " + (f"{hit['elapsed_s'] / 60:.1f} min (epoch {hit['epoch']})"
+                                                      if hit else "not reached"),
+          f"- final (best weights): train-time top-1 {summary.get('train_top1')}, deploy top-1 "
+          f"{summary.get('deploy_top1')}, identical predictions {summary.get('agreement_pct')}%", "",
+          "| epoch | wall (min) | test top-1 (%) | img/s |", "|---|---|---|---|"]
+    md += [f"| {r['epoch']} | {r['elapsed_s'] / 60:.1f} | {r.get('val_top1', float('nan')):.2f} | {r['img_per_s']:.0f} |"
+           for r in rows]
+    stem.with_suffix(".md").write_text("\n".join(md) + "\n")
+    print(f"results: {stem}.json/.md/.log")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
