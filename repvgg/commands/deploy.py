@@ -33,6 +33,7 @@ def register(sub) -> None:
     _common(q, "INT8 .onnx file (default: CHECKPOINT.int8.onnx)")
     q.add_argument("--data", required=True, help="fashion-mnist | fashion-mnist-builtin | cifar10 | cifar100 | imagefolder:PATH")
     q.add_argument("--data-dir")
+    q.add_argument("--image-size", type=int, help="resize the data (default: the checkpoint's training size)")
     q.add_argument("--calib-batches", type=int, default=8, help="training batches for calibration (default 8)")
     q.add_argument("--batch-size", type=int, default=64, help="calibration / evaluation / timing batch")
     q.add_argument("--method", default="ort", help="ort (onnxruntime) | torch (PT2E, needs torchao)")
@@ -50,6 +51,7 @@ def register(sub) -> None:
     r.add_argument("--ratio", type=float, required=True, help="fraction of filters removed per layer, in (0, 1)")
     r.add_argument("--data", help="dataset for top-1 and fine-tuning (needed with --finetune-epochs)")
     r.add_argument("--data-dir")
+    r.add_argument("--image-size", type=int, help="resize the data (default: the checkpoint's training size)")
     r.add_argument("--finetune-epochs", type=int, default=0)
     r.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
     r.add_argument("--batch-size", type=int, default=128)
@@ -100,7 +102,7 @@ def _test_loader(test_ds, batch_size: int, limit: int | None):
 def _datasets(args, model):
     from ..data import build_datasets
 
-    size = getattr(model, "checkpoint_meta", {}).get("image_size")
+    size = args.image_size or getattr(model, "checkpoint_meta", {}).get("image_size")
     train_ds, test_ds, info = build_datasets(args.data, args.data_dir, size if isinstance(size, int) else None,
                                              recipe_aug="simple")
     if info.in_chans != model.in_chans:
@@ -156,7 +158,7 @@ def run_prune(args) -> int:
     data = _datasets(args, model) if args.data else None
     result = prune_model(model, args.ratio)
     pruned = result.model
-    size = (data[2].image_size,) * 2 if data else default_image_size(model)
+    size = (data[2].image_size,) * 2 if data else (args.image_size,) * 2 if args.image_size else default_image_size(model)
     shape = (1, model.in_chans, *size)
     rows = [("params", count_params(model), count_params(pruned)), ("MACs", count_macs(model, shape), count_macs(pruned, shape))]
     x = torch.randn(args.batch_size, *shape[1:])

@@ -1,0 +1,106 @@
+"""Pruning the plain model: L1 picks the filters, the pruned model round-trips, bad input is refused."""
+import pytest
+import torch
+
+import repvgg
+from repvgg.checkpoint import save_checkpoint
+from repvgg.cli import main
+from repvgg.deploy.common import load_model
+from repvgg.deploy.prune import finetune, load_pruned, plain_layers, prune_model, save_pruned
+from repvgg.data import InMemoryDataset
+from tests.test_export import tiny
+
+
+def quiet(_):
+    pass
+
+
+def test_dead_filters_are_removed_exactly():
+    """Filters that always output 0 after ReLU carry nothing: L1 pruning must pick exactly them,
+    and the pruned model must compute the same logits."""
+    model = repvgg.reparameterize(tiny())
+    with torch.no_grad():
+        for block in plain_layers(model):
+            c = block.fused.out_channels
+            dead = torch.arange(c // 2, c)  # the second half: zero kernel, negative bias
+            block.fused.weight[dead] = 0
+            block.fused.bias[dead] = -1.0
+            block.fused.weight[: c // 2] += 0.01  # keep the live half clearly above in L1
+    result = prune_model(model, 0.5, multiple_of=1, log=quiet)
+    assert result.widths == [b.out_channels // 2 for b in plain_layers(model)]
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_pruned_model_is_smaller_and_round_trips(tmp_path):
+    model = repvgg.create_model("repvgg_a0", num_classes=10, in_chans=1, small_input=True, deploy=True).eval()
+    result = prune_model(model, 0.3, log=quiet)
+    p0 = sum(p.numel() for p in model.parameters())
+    p1 = sum(p.numel() for p in result.model.parameters())
+    assert 0.4 * p0 < p1 < 0.6 * p0  # in and out channels both shrink by ~30%
+    assert all(w % 8 == 0 for w in result.widths) and result.skipped == []
+    path = save_pruned(result, tmp_path / "pruned.safetensors")
+    for loaded in (load_pruned(path), load_model(path, log=quiet)):
+        assert [b.out_channels for b in plain_layers(loaded)] == result.widths
+        x = torch.randn(2, 1, 28, 28)
+        with torch.no_grad():
+            assert torch.equal(loaded(x), result.model(x))
+
+
+def test_grouped_layers_are_left_alone_with_a_message():
+    model = repvgg.reparameterize(tiny(groups=2))
+    msgs = []
+    result = prune_model(model, 0.5, multiple_of=1, log=msgs.append)
+    groups = [b.fused.groups for b in plain_layers(model)]
+    assert groups == [1, 1, 2, 1, 2]
+    # stem feeds layer 1 (ungrouped): pruned; layers 1-4 are grouped or feed a grouped conv
+    assert result.widths[0] == 8 and result.widths[1:] == [b.out_channels for b in plain_layers(model)][1:]
+    assert len(msgs) == 4 and all("grouped" in m and "left alone" in m for m in msgs)
+    with torch.no_grad():
+        assert result.model(torch.randn(1, 3, 16, 16)).shape == (1, 5)
+
+
+@pytest.mark.parametrize("ratio", [0, 1, -0.2, 1.5])
+def test_ratio_outside_open_interval(ratio):
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        prune_model(repvgg.reparameterize(tiny()), ratio)
+
+
+def test_prune_needs_fused_model():
+    with pytest.raises(ValueError, match="fused"):
+        prune_model(tiny(), 0.3)
+
+
+def test_finetune_reduces_loss_on_a_small_set():
+    labels = torch.arange(64) % 5
+    images = (labels * 50 + 20).to(torch.uint8).view(-1, 1, 1, 1).expand(64, 3, 16, 16).contiguous()  # class = brightness
+    ds = InMemoryDataset(images, labels, list("abcde"), mean=(0.5,) * 3, std=(0.25,) * 3, train=True, recipe_aug="none")
+    model = prune_model(repvgg.reparameterize(tiny()), 0.5, multiple_of=1, log=quiet).model
+    losses = []
+    finetune(model, ds, 4, lr=0.05, batch_size=16, log=losses.append)
+    values = [float(s.split("loss ")[1]) for s in losses]
+    assert len(values) == 4 and values[-1] < values[0] - 0.1
+
+
+def test_cli_prune_fuses_and_writes_a_loadable_model(tmp_path, capsys):
+    ckpt = tmp_path / "a0_train.safetensors"
+    save_checkpoint(repvgg.create_model("repvgg_a0", num_classes=10, in_chans=1, small_input=True), ckpt)
+    out = tmp_path / "a0_pruned.safetensors"
+    rc = main(["prune", "--checkpoint", str(ckpt), "--ratio", "0.3", "--out", str(out), "--image-size", "16",
+               "--batch-size", "8"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "train-time checkpoint" in text and "re-parameterized" in text
+    assert "params" in text and "MACs" in text and "speed-up" in text
+    assert plain_layers(load_model(out, log=quiet))[0].out_channels == 32
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--ratio", "1.0"], "strictly between 0 and 1"),
+    (["--ratio", "0.3", "--finetune-epochs", "1"], "needs --data"),
+])
+def test_cli_prune_bad_input(tmp_path, capsys, argv, message):
+    out = tmp_path / "p.safetensors"
+    rc = main(["prune", "--checkpoint", str(tmp_path / "missing.safetensors"), "--out", str(out), *argv])
+    assert rc == 2 and message in capsys.readouterr().err
+    assert not out.exists()
