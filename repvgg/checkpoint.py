@@ -115,12 +115,15 @@ def read_checkpoint(path: str | PathLike) -> tuple[dict[str, torch.Tensor], dict
     except CheckpointError:
         raise
     except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower() or "weights_only" in str(e):
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if refused:
             raise CheckpointError(
-                f"{path} holds Python objects other than tensors and plain containers; they are not "
-                "unpickled (that could run code). Re-save its state_dict with torch.save, or as .safetensors"
+                f"{path} holds Python objects other than tensors and plain containers ({refused[1]}); they are "
+                "not unpickled, since that could run code. Re-save its state_dict with torch.save, or as .safetensors"
             ) from None
-        raise CheckpointError(f"cannot read {path}: not a valid checkpoint (truncated or corrupt?): {_short(e)}") from None
+        raise CheckpointError(
+            f"cannot read {path} as a {fmt} checkpoint: the file is truncated or corrupt (not a valid pickle)"
+        ) from None
     except Exception as e:  # torch/safetensors/zip errors: one clear line instead of a deep traceback
         raise CheckpointError(
             f"cannot read {path} as a {fmt} checkpoint: the file is truncated or corrupt ({_short(e)})"
@@ -460,9 +463,10 @@ def convert_checkpoint(
     train64 = copy.deepcopy(train).double()
     x = torch.randn(2, args["in_chans"], image_size, image_size, dtype=torch.float64,
                     generator=torch.Generator().manual_seed(seed))
+    fused64 = reparameterize(train64, inplace=not verify)  # raises NotConvertibleError, with the reason
     with torch.no_grad():
         ref64 = train64(x) if verify else None
-    fused64 = reparameterize(train64, inplace=True)  # raises NotConvertibleError, with the reason
+    del train64
     fused = copy.deepcopy(fused64).to(next(train.parameters()).dtype)
     if verify:
         with torch.no_grad():
