@@ -18,7 +18,7 @@ def trained():
     """A train-time a0 with random weights and BN statistics, in eval mode, and an input."""
     torch.manual_seed(0)
     model = randomize_bn_(repvgg.create_model("repvgg_a0", **KW)).eval()
-    return model, torch.randn(2, 3, 32, 32)
+    return model, torch.randn(2, 3, 16, 16)
 
 
 def out(model, x):
@@ -65,7 +65,7 @@ def test_train_checkpoint_is_fused_on_the_way_into_a_deploy_model(trained, tmp_p
 def test_converted_checkpoint_loads_strictly_into_a_deploy_model(trained, tmp_path):
     model, x = trained
     src = save_checkpoint(model, tmp_path / "train.pth")
-    report = convert_checkpoint(src, tmp_path / "deploy.safetensors", verify=True)
+    report = convert_checkpoint(src, tmp_path / "deploy.safetensors", verify=True, image_size=16)
     assert report["ok"] and report["errors"]["float64"][1] < 1e-9 and report["errors"]["float32"][1] < 1e-4
     deploy = repvgg.create_model("repvgg_a0", deploy=True, **KW)
     deploy.load_state_dict(load_file(tmp_path / "deploy.safetensors"), strict=True)  # plain torch, strict

@@ -47,7 +47,7 @@ def test_info_prints_params_and_macs_of_both_forms(capsys):
 def test_convert_verify_writes_a_strict_deploy_checkpoint(train_ckpt, tmp_path, capsys):
     model, src = train_ckpt
     dst = tmp_path / "a0_deploy.safetensors"
-    assert main(["convert", str(src), str(dst), "--verify", "--verify-size", "32"]) == 0
+    assert main(["convert", str(src), str(dst), "--verify", "--verify-size", "16"]) == 0
     out = capsys.readouterr().out
     assert "verify float64: max abs error" in out and "verify float32: max abs error" in out and "FAIL" not in out
     deploy = repvgg.create_model("repvgg_a0", deploy=True, **KW)
@@ -76,7 +76,7 @@ def test_convert_fails_above_tolerance_and_writes_nothing(train_ckpt, tmp_path, 
     dst = tmp_path / "out.safetensors"
     dst.write_bytes(b"older file")
     monkeypatch.setitem(ckpt.TOLERANCE, torch.float32, -1.0)  # no error can pass
-    assert main(["convert", str(src), str(dst), "--verify", "--verify-size", "32"]) == 1
+    assert main(["convert", str(src), str(dst), "--verify", "--verify-size", "16"]) == 1
     captured = capsys.readouterr()
     assert "FAIL" in captured.out and "not written" in captured.err
     assert dst.read_bytes() == b"older file"  # never clobbered, and no temp file left beside it
