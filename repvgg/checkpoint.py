@@ -8,6 +8,7 @@ float64; a deploy checkpoint cannot go into a train-time model (a fused conv has
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pickle
@@ -110,7 +111,9 @@ def read_checkpoint(path: str | PathLike) -> tuple[dict[str, torch.Tensor], dict
                 raw_meta = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            # timm's train.py stores its argparse.Namespace; rebuilding one sets attributes, runs no code
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
             tensors, raw_meta = _unwrap(obj, path)
     except CheckpointError:
         raise
@@ -229,7 +232,8 @@ def load_state_dict(
     target = model.state_dict()
     if not any(k.startswith("head.") for k in target):  # a backbone takes a classifier's weights
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
-    what = f"checkpoint {source} ({naming} naming, {'deploy' if _is_deploy_form(sd) else 'train-time'} form)"
+    renamed = "" if naming == "repvgg" else ", keys below renamed to repvgg naming"
+    what = f"checkpoint {source} ({naming} naming, {'deploy' if _is_deploy_form(sd) else 'train-time'} form{renamed})"
     deployed = {n: m for n, m in model.named_modules() if isinstance(m, RepVGGBlock) and m.deploy}
     if _is_deploy_form(sd) and not _is_deploy_form(target):
         raise CheckpointError(

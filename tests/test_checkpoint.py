@@ -1,4 +1,5 @@
 """Checkpoints: round trips in both formats, fuse-on-load, convert, atomic writes, wrappers."""
+import argparse
 import os
 
 import pytest
@@ -106,7 +107,7 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_partial_file(trained, tmp
 @pytest.mark.parametrize("wrap", [
     lambda sd: {"state_dict": sd, "epoch": 3, "meta": {"note": "x"}},
     lambda sd: {"model": {f"module.{k}": v for k, v in sd.items()}, "optimizer": {"lr": 0.1}},
-    lambda sd: {"state_dict_ema": sd, "arch": "repvgg_a0"},
+    lambda sd: {"state_dict_ema": sd, "arch": "repvgg_a0", "args": argparse.Namespace(lr=0.1)},  # timm train.py
     lambda sd: {f"module.{k}": v for k, v in sd.items()},
     lambda sd: {f"_orig_mod.{k}": v for k, v in sd.items()},
 ])
