@@ -446,16 +446,17 @@ def convert_checkpoint(
     ours, naming = normalize_state_dict(sd, str(src))
     args = dict(meta.get("build_args") or {}) if isinstance(meta.get("build_args"), dict) else {}
     info = infer_arch(ours) or {}
+    source = "metadata"
     if model is not None:
-        args["name"] = canonical_name(model)
+        args["name"], source = canonical_name(model), "--model"
     elif "name" not in args:
-        args = build_args_for(ours, {}, str(src))
+        args, source = build_args_for(ours, {}, str(src)), "shapes"
     args.setdefault("in_chans", info.get("in_chans", 3))
     if num_classes is not None:
         args["num_classes"] = num_classes
     elif "num_classes" not in args:
         args["num_classes"] = info.get("num_classes") or 1000
-    report = dict(src=str(src), dst=str(dst), naming=naming, model=args["name"], ok=True, errors={})
+    report = dict(src=str(src), dst=str(dst), naming=naming, model=args["name"], model_from=source, ok=True, errors={})
     extra_meta = {"converted_from": Path(src).name, "source_naming": naming}
     if _is_deploy_form(ours):
         deployed = load_state_dict(create_model(**args, deploy=True), ours, source=str(src))

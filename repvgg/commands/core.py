@@ -83,7 +83,7 @@ def cmd_convert(args) -> int:
         args.src, args.dst, model=args.model, num_classes=args.num_classes, verify=args.verify,
         fmt=args.format, image_size=args.verify_size,
     )
-    print(f"{args.src}: {report['model']}, {report['naming']} naming")
+    print(f"{args.src}: {report['model']} (from {report['model_from']}), {report['naming']} naming")
     if report.get("already_deployed"):
         print("already in deploy form: rewritten in repvgg naming, nothing to fuse or verify")
     for dtype, (abs_err, rel_err) in report["errors"].items():
