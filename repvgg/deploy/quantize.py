@@ -87,6 +87,8 @@ def ort_session(model_bytes_or_path, threads: int | None = None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    # no busy-waiting between ops: on a shared CPU a spinning pool steals time from whatever runs next
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = threads
     src = str(model_bytes_or_path) if isinstance(model_bytes_or_path, (str, os.PathLike)) else model_bytes_or_path

@@ -1,0 +1,84 @@
+"""INT8 post-training quantization: standard RepVGG block vs QA block, same recipe, Fashion-MNIST.
+
+For each trained checkpoint: onnxruntime static QDQ quantization (per-channel weights, uint8
+activations) calibrated on un-augmented training images, then fp32 vs INT8 top-1 on the test split
+and CPU speed (onnxruntime, sessions timed interleaved, median). Writes
+benchmarks/results/deploy_int8.{json,md}.
+
+    nice -n 10 python benchmarks/deploy_int8.py --checkpoints runs/deploy_a0_repvgg/deploy.safetensors \
+        runs/deploy_a0_qa/deploy.safetensors --data fashion-mnist-builtin
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import onnxruntime
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.deploy_export_zoo import hardware  # noqa: E402
+from repvgg.data import build_datasets, build_loader  # noqa: E402
+from repvgg.deploy.common import load_model  # noqa: E402
+from repvgg.deploy.quantize import calibration_batches, compare, quantize_model  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--checkpoints", nargs="+", required=True)
+    ap.add_argument("--data", default="fashion-mnist-builtin")
+    ap.add_argument("--calib-batches", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--calibrate", nargs="+", default=["minmax", "percentile"])
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--out", default="deploy_int8")
+    args = ap.parse_args()
+    rows = []
+    for ckpt in args.checkpoints:
+        model = load_model(ckpt, log=lambda s: None)
+        meta = model.checkpoint_meta
+        train_ds, test_ds, info = build_datasets(args.data, image_size=int(meta.get("image_size", 28)))
+        calib = calibration_batches(train_ds, args.batch_size, args.calib_batches)
+        for method in args.calibrate:
+            with tempfile.TemporaryDirectory() as tmp:
+                fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+                quantize_model(model, int8, calib, calibrate=method, fp32_out=fp32, log=lambda s: None)
+                res = compare(fp32, int8, build_loader(test_ds, 250, train=False), bench_batch=calib[0],
+                              repeats=args.repeats)
+                one = compare(fp32, int8, bench_batch=calib[0][:1], repeats=args.repeats)
+            row = dict(checkpoint=str(ckpt), block=model.build_args.get("block", "repvgg"), calibration=method,
+                       trained_top1=float(meta.get("top1", "nan")), **res,
+                       fp32_ms_b1=one["fp32_ms"], int8_ms_b1=one["int8_ms"])
+            row["drop"] = row["fp32_top1"] - row["int8_top1"]
+            row["speedup"] = row["fp32_ms"] / row["int8_ms"]
+            row["speedup_b1"] = row["fp32_ms_b1"] / row["int8_ms_b1"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    meta = dict(command="nice -n 10 python " + " ".join(sys.argv), hardware=hardware(), data=args.data,
+                test_images=len(test_ds), calib_images=sum(len(b) for b in calib), batch_size=args.batch_size,
+                torch=torch.__version__, onnxruntime=onnxruntime.__version__,
+                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    lines = [f"# INT8 (onnxruntime static QDQ, per-channel weights) vs fp32 on {args.data}", "",
+             f"- command: `{meta['command']}`", f"- hardware: {meta['hardware']}",
+             f"- torch {meta['torch']}, onnxruntime {meta['onnxruntime']} (CPU EP); {meta['date']}",
+             f"- calibration: {meta['calib_images']} un-augmented training images; test: {meta['test_images']} images; "
+             f"speed: median of {args.repeats} interleaved runs, batch {args.batch_size} and batch 1", "",
+             "| checkpoint | block | calibration | fp32 top-1 | INT8 top-1 | drop (points) | fp32 ms/batch | INT8 ms/batch | "
+             "speed-up | speed-up (batch 1) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['checkpoint']} | {r['block']} | {r['calibration']} | {r['fp32_top1']:.2f} | {r['int8_top1']:.2f} | "
+                     f"{r['drop']:+.2f} | {r['fp32_ms']:.1f} | {r['int8_ms']:.1f} | {r['speedup']:.2f}x | {r['speedup_b1']:.2f}x |")
+    (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Prune a trained, fused RepVGG (L1 structured, default 30%), fine-tune briefly, and report params,
+MACs, CPU speed (PyTorch and onnxruntime, interleaved medians) and top-1 before/after pruning and
+after fine-tuning. A control fine-tunes the *unpruned* fused model for the same epochs, so the
+pruning loss is not confused with the effect of extra training.
+
+    nice -n 10 python benchmarks/deploy_prune.py --checkpoint runs/deploy_a0_repvgg/deploy.safetensors \
+        --ratio 0.3 --finetune-epochs 2
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import onnxruntime
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.deploy_export_zoo import hardware  # noqa: E402
+from repvgg.complexity import count_macs, count_params  # noqa: E402
+from repvgg.data import build_datasets, build_loader  # noqa: E402
+from repvgg.deploy.common import load_model, time_interleaved, top1  # noqa: E402
+from repvgg.deploy.export import export_model  # noqa: E402
+from repvgg.deploy.prune import finetune, prune_model, save_pruned  # noqa: E402
+from repvgg.deploy.quantize import ort_session  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def speeds(models: dict, x: torch.Tensor, repeats: int) -> dict:
+    """ms per batch: PyTorch eager and onnxruntime, every contender timed round-robin."""
+    fns = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        sessions = {}
+        for name, m in models.items():
+            path = Path(tmp) / f"{name}.onnx"
+            export_model(m, path, dynamic_batch=True, image_size=tuple(x.shape[-2:]), log=lambda s: None)
+            sessions[name] = ort_session(path)
+        xn = x.numpy()
+        for name, m in models.items():
+            fns[f"torch_{name}"] = lambda m=m: m(x)
+            fns[f"ort_{name}"] = lambda s=sessions[name]: s.run(None, {"input": xn})
+        with torch.no_grad():
+            t = time_interleaved(fns, repeats=repeats)
+    return {k: v * 1e3 for k, v in t.items()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--data", default="fashion-mnist-builtin")
+    ap.add_argument("--ratio", type=float, default=0.3)
+    ap.add_argument("--finetune-epochs", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--save", default="runs/deploy_prune/a0_pruned30_ft.safetensors")
+    ap.add_argument("--out", default="deploy_prune")
+    args = ap.parse_args()
+    base = load_model(args.checkpoint, log=print)
+    size = int(base.checkpoint_meta.get("image_size", 28))
+    train_ds, test_ds, info = build_datasets(args.data, image_size=size)
+    test = build_loader(test_ds, 250, train=False)
+    shape = (1, base.in_chans, size, size)
+    pruned = prune_model(base, args.ratio).model
+    row = dict(checkpoint=args.checkpoint, ratio=args.ratio, finetune_epochs=args.finetune_epochs,
+               params_before=count_params(base), params_after=count_params(pruned),
+               macs_before=count_macs(base, shape), macs_after=count_macs(pruned, shape),
+               widths_after=pruned.pruned_widths, top1_before=top1(base, test), top1_pruned=top1(pruned, test))
+    print(json.dumps(row), flush=True)
+    t0 = time.perf_counter()
+    finetune(pruned, train_ds, args.finetune_epochs, lr=args.lr)
+    row["finetune_minutes"] = round((time.perf_counter() - t0) / 60, 1)
+    row["top1_pruned_finetuned"] = top1(pruned, test)
+    control = finetune(copy.deepcopy(base), train_ds, args.finetune_epochs, lr=args.lr)
+    row["top1_unpruned_same_finetune"] = top1(control, test)
+    for b in (64, 1):
+        x = torch.randn(b, *shape[1:])
+        for k, v in speeds({"before": base, "after": pruned}, x, args.repeats).items():
+            row[f"{k}_ms_b{b}"] = v
+    row["speedup_torch_b64"] = row["torch_before_ms_b64"] / row["torch_after_ms_b64"]
+    row["speedup_ort_b64"] = row["ort_before_ms_b64"] / row["ort_after_ms_b64"]
+    row["speedup_torch_b1"] = row["torch_before_ms_b1"] / row["torch_after_ms_b1"]
+    row["speedup_ort_b1"] = row["ort_before_ms_b1"] / row["ort_after_ms_b1"]
+    save_pruned(pruned, args.save, metadata={"prune_ratio": args.ratio, "finetune_epochs": args.finetune_epochs,
+                                             "image_size": size})
+    print(json.dumps(row), flush=True)
+    meta = dict(command="nice -n 10 python " + " ".join(sys.argv), hardware=hardware(), data=args.data,
+                test_images=len(test_ds), torch=torch.__version__, onnxruntime=onnxruntime.__version__,
+                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(dict(meta=meta, row=row), indent=1))
+    r = row
+    lines = [f"# Pruning {args.ratio:.0%} of the filters of a trained, fused RepVGG ({args.data})", "",
+             f"- command: `{meta['command']}`", f"- hardware: {meta['hardware']}",
+             f"- torch {meta['torch']}, onnxruntime {meta['onnxruntime']}; {meta['date']}; test: {meta['test_images']} images",
+             f"- fine-tuning: {args.finetune_epochs} epochs, SGD lr {args.lr} one-cycle, label smoothing 0.1 "
+             f"({r['finetune_minutes']} min); control = the unpruned model fine-tuned the same way", "",
+             "| | before | after pruning | after fine-tuning |", "|---|---|---|---|",
+             f"| params | {r['params_before']:,} | {r['params_after']:,} | {r['params_after']:,} |",
+             f"| MACs / image | {r['macs_before']:,} | {r['macs_after']:,} | {r['macs_after']:,} |",
+             f"| top-1 % | {r['top1_before']:.2f} | {r['top1_pruned']:.2f} | {r['top1_pruned_finetuned']:.2f} "
+             f"(unpruned, same fine-tune: {r['top1_unpruned_same_finetune']:.2f}) |",
+             f"| PyTorch CPU ms, batch 64 | {r['torch_before_ms_b64']:.1f} | {r['torch_after_ms_b64']:.1f} "
+             f"({r['speedup_torch_b64']:.2f}x) | same |",
+             f"| onnxruntime CPU ms, batch 64 | {r['ort_before_ms_b64']:.1f} | {r['ort_after_ms_b64']:.1f} "
+             f"({r['speedup_ort_b64']:.2f}x) | same |",
+             f"| PyTorch CPU ms, batch 1 | {r['torch_before_ms_b1']:.2f} | {r['torch_after_ms_b1']:.2f} "
+             f"({r['speedup_torch_b1']:.2f}x) | same |",
+             f"| onnxruntime CPU ms, batch 1 | {r['ort_before_ms_b1']:.2f} | {r['ort_after_ms_b1']:.2f} "
+             f"({r['speedup_ort_b1']:.2f}x) | same |", "",
+             f"Pruned widths: {r['widths_after']}"]
+    (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
