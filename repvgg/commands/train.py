@@ -39,6 +39,8 @@ def register(sub) -> None:
                        default=None, help=text)
     p.add_argument("--resume", action="store_true", help="continue the run in --output from last.*")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --output")
+    p.add_argument("--stop-at-step", type=int, help="stop as on SIGINT after this global step (time-boxed "
+                   "jobs on shared machines); continue later with --resume")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run_train)
 
@@ -75,7 +77,8 @@ def run_train(args) -> int:
     overrides = {k: getattr(args, k) for k in _OVERRIDE_KEYS}
     cfg = prepare_run(args.output, args.recipe, overrides, resume=args.resume, overwrite=args.overwrite)
     try:
-        train(cfg, args.output, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+        train(cfg, args.output, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
+              stop_at_step=args.stop_at_step)
     except TrainingInterrupted as e:
         print(f"repvgg train: {e}", file=sys.stderr)
         return e.exit_code

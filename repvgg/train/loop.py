@@ -312,6 +312,14 @@ class Trainer:
     # ------------------------------------------------------------------ training
     def run(self, stop_at_step: int | None = None) -> dict:
         cfg = self.cfg
+        with _StopFlag() as stop:
+            self._log_start()
+            while self.epoch < cfg["epochs"]:
+                self._train_epoch(stop, stop_at_step)
+        return {"best_top1": self.best, "best_epoch": self.best_epoch, "elapsed_s": self.elapsed}
+
+    def _log_start(self) -> None:
+        cfg = self.cfg
         if self.epoch == 0 and self.epoch_step == 0:
             self.log(f"training {cfg['model']} ({cfg['block']} blocks) on {self.info.name} "
                      f"[{self.info.origin}: {self.info.num_train} train / {self.info.num_test} test, "
@@ -320,10 +328,6 @@ class Trainer:
                      f"{scaled_lr(cfg['lr'], self.global_batch):.4g}, amp {self.amp}, device {self.device}")
         else:
             self.log(f"resuming {self.out} at epoch {self.epoch + 1}, step {self.step}")
-        with _StopFlag() as stop:
-            while self.epoch < cfg["epochs"]:
-                self._train_epoch(stop, stop_at_step)
-        return {"best_top1": self.best, "best_epoch": self.best_epoch, "elapsed_s": self.elapsed}
 
     def _interrupt(self, signum: int):
         self.save_last()

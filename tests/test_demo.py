@@ -1,0 +1,24 @@
+"""`repvgg demo`, run on tiny data so the test stays fast (the real demo is timed in the README)."""
+from repvgg.train.demo import demo
+from tests.test_train import make_tiny_fmnist
+
+
+def test_demo_trains_fuses_and_compares(tmp_path, capsys):
+    data = make_tiny_fmnist(tmp_path / "data")
+    out = tmp_path / "demo"
+    res = demo(out, epochs=1, data="fashion-mnist",
+               overrides={"data_dir": str(data), "image_size": 16, "batch_size": 32, "amp": False})
+    text = capsys.readouterr().out
+    assert res["train_top1"] == res["deploy_top1"] and res["agreement_pct"] >= 99.9
+    assert "identical predictions on" in text and "speed-up" in text and "batch 1, ms" in text
+    assert res["speed_batch64"]["train"] > 0 and res["speed_batch64"]["deploy"] > 0
+    for f in ("deploy.safetensors", "best.safetensors", "curves.png", "metrics.csv", "train.log"):
+        assert (out / f).is_file(), f
+    assert str(out) in text
+
+
+def test_demo_cli_has_no_required_arguments():
+    from repvgg.cli import build_parser
+
+    args = build_parser().parse_args(["demo"])
+    assert args.output is None and args.epochs is None and callable(args.func)

@@ -1,0 +1,160 @@
+"""Training: param groups, schedule, recipes/overrides, resume equality, overwrite refusal."""
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import yaml
+from safetensors.torch import load_file
+
+from repvgg import create_model
+from repvgg.data import read_idx, write_idx
+from repvgg.data.fashion_mnist import BUILTIN_DIR
+from repvgg.train import (TrainingInterrupted, load_recipe, lr_factor, param_groups, prepare_run,
+                          resolve_config, scaled_lr, train)
+from repvgg.train.state import load_state
+
+
+def make_tiny_fmnist(folder: Path, n_train: int = 256, n_test: int = 128) -> Path:
+    """Real Fashion-MNIST images (the first of the built-in subset) as IDX files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        for kind in ("images-idx3", "labels-idx1"):
+            arr = read_idx(BUILTIN_DIR / f"{split}-{kind}-ubyte.gz")
+            write_idx(folder / f"{split}-{kind}-ubyte.gz", arr[:n])
+    return folder
+
+
+def tiny_overrides(data_dir, **kw) -> dict:
+    """RepVGG-A0 on 16 px (stride-2 stem): a few hundred images train in about a second per epoch."""
+    return {"data": "fashion-mnist", "data_dir": str(data_dir), "image_size": 16, "small_input": False,
+            "batch_size": 32, "epochs": 2, "amp": False, "threads": 1, **kw}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_fmnist(tmp_path_factory.mktemp("fmnist"))
+
+
+# ------------------------------------------------------------------ optimizer groups, schedule
+@pytest.mark.parametrize("block", ["repvgg", "dirac", "qa"])
+def test_weight_decay_only_on_conv_and_linear_kernels(block):
+    model = create_model("repvgg_a0", num_classes=10, block=block)
+    decay, no_decay = param_groups(model, 1e-4)
+    assert decay["weight_decay"] == 1e-4 and no_decay["weight_decay"] == 0
+    kernels = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    assert {id(p) for p in decay["params"]} == kernels
+    names = {id(p): n for n, p in model.named_parameters()}
+    for p in no_decay["params"]:
+        n = names[id(p)]
+        assert n.endswith(("bias", "bn.weight", "dirac_alpha", "dirac_beta")) or ".bn" in n or "post_bn" in n, n
+    # every trainable parameter is in exactly one group
+    all_ids = [id(p) for g in (decay, no_decay) for p in g["params"]]
+    assert sorted(all_ids) == sorted(id(p) for p in model.parameters()) and len(set(all_ids)) == len(all_ids)
+    if block == "dirac":
+        assert any(names[id(p)].endswith("dirac_alpha") for p in no_decay["params"])
+    assert any(names[id(p)] == "head.fc.bias" for p in no_decay["params"])
+
+
+def test_lr_schedule_warmup_cosine_to_zero():
+    total, warm = 100, 10
+    f = [lr_factor(s, total, warm) for s in range(total)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a <= b for a, b in zip(f[:10], f[1:10]))            # rising warm-up
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))             # cosine decay
+    assert lr_factor(total, total, warm) == pytest.approx(0.0, abs=1e-12)
+    assert scaled_lr(0.1, 1024) == pytest.approx(0.4)
+
+
+# ------------------------------------------------------------------ recipes
+def test_recipes_load_and_match_the_paper():
+    normal, heavy, small = (load_recipe(r) for r in ("normal", "heavy", "small"))
+    assert (normal["optimizer"], normal["momentum"], normal["lr"], normal["epochs"]) == ("sgd", 0.9, 0.1, 120)
+    assert normal["weight_decay"] == 1e-4 and normal["schedule"] == "cosine" and normal["warmup_epochs"] == 0
+    assert (heavy["warmup_epochs"], heavy["epochs"], heavy["label_smoothing"], heavy["mixup"], heavy["aug"]) == \
+        (5, 200, 0.1, 0.2, "autoaugment")
+    assert small["small_input"] is True
+
+
+def test_override_precedence_and_recipe_files(tmp_path):
+    cfg = resolve_config("heavy", {"epochs": 3, "lr": None, "ema": False})
+    assert cfg["epochs"] == 3 and cfg["lr"] == 0.1 and cfg["ema"] is False and cfg["mixup"] == 0.2
+    f = tmp_path / "mine.yaml"
+    f.write_text(yaml.safe_dump({"epochs": 7, "batch_size": 64}))
+    cfg = resolve_config(str(f), {"batch_size": 16})
+    assert (cfg["epochs"], cfg["batch_size"], cfg["momentum"]) == (7, 16, 0.9)   # defaults from normal
+    f.write_text(yaml.safe_dump({"epochz": 7}))
+    with pytest.raises(ValueError, match="unknown setting.*epochz"):
+        resolve_config(str(f))
+    with pytest.raises(FileNotFoundError, match="neither a built-in recipe"):
+        resolve_config("nope")
+    with pytest.raises(ValueError, match="epochs must be a positive"):
+        resolve_config("normal", {"epochs": 0})
+
+
+# ------------------------------------------------------------------ output folder rules
+def test_refuses_to_overwrite_another_run(tmp_path, tiny):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("user file")
+    (out / "config.yaml").write_text("model: x\n")
+    with pytest.raises(FileExistsError, match="already holds a run.*--resume.*--overwrite"):
+        prepare_run(out, "small", tiny_overrides(tiny))
+    with pytest.raises(FileNotFoundError, match="no resumable state"):
+        prepare_run(out, "small", tiny_overrides(tiny), resume=True)
+    cfg = prepare_run(out, "small", tiny_overrides(tiny, epochs=1), overwrite=True)
+    train(cfg, out, overwrite=True, quiet=True)
+    assert (out / "keep.txt").read_text() == "user file"          # only run files are replaced
+    assert (out / "deploy.safetensors").is_file()
+    with pytest.raises(ValueError, match="saved config; epochs=5 differs"):
+        prepare_run(out, "small", {"epochs": 5}, resume=True)
+
+
+# ------------------------------------------------------------------ resume == uninterrupted
+@pytest.mark.parametrize("stop", [5, 8], ids=["mid-epoch", "epoch-end"])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, tiny, stop):
+    kw = tiny_overrides(tiny, ema=True, mixup=0.2, label_smoothing=0.1, drop_rate=0.1, grad_clip=1.0)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(prepare_run(straight, "small", kw), straight, quiet=True)
+    with pytest.raises(TrainingInterrupted, match="resumable state saved"):
+        train(prepare_run(resumed, "small", kw), resumed, quiet=True, stop_at_step=stop)
+    st = load_state(resumed / "last.state.pt")                      # loads with weights_only=True
+    assert st["step"] == stop and st["epoch"] == stop // 8
+    assert not (resumed / "deploy.safetensors").exists()
+    train(prepare_run(resumed, overrides={}, resume=True), resumed, resume=True, quiet=True)
+    for name in ("last.safetensors", "last_ema.safetensors", "best.safetensors", "deploy.safetensors"):
+        a, b = load_file(straight / name), load_file(resumed / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=f"{name}:{k}")
+    assert load_state(resumed / "last.state.pt")["step"] == load_state(straight / "last.state.pt")["step"] == 16
+    rows = (resumed / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 2                                            # one row per epoch, none duplicated
+
+
+def test_state_file_is_weights_only_loadable(tmp_path, tiny):
+    out = tmp_path / "r"
+    with pytest.raises(TrainingInterrupted):
+        train(prepare_run(out, "small", tiny_overrides(tiny, ema=True)), out, quiet=True, stop_at_step=2)
+    st = torch.load(out / "last.state.pt", weights_only=True)
+    assert {"optimizer", "scheduler", "scaler", "rng", "epoch", "step", "config"} <= st.keys()
+    assert st["optimizer"]["state"], "momentum buffers are saved"
+
+
+def test_torn_checkpoint_pair_is_detected(tmp_path, tiny):
+    out = tmp_path / "r"
+    with pytest.raises(TrainingInterrupted):
+        train(prepare_run(out, "small", tiny_overrides(tiny)), out, quiet=True, stop_at_step=2)
+    st = torch.load(out / "last.state.pt", weights_only=True)
+    st["step"] = 99
+    torch.save(st, out / "last.state.pt")
+    with pytest.raises(ValueError, match="different steps"):
+        train(prepare_run(out, resume=True), out, resume=True, quiet=True)
+
+
+def test_bad_data_spec_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no IDX files"):
+        train(prepare_run(tmp_path / "r", "small", {"data": "fashion-mnist", "data_dir": str(tmp_path)}),
+              tmp_path / "r", quiet=True)
+    with pytest.raises(ValueError, match="unknown data spec"):
+        train(prepare_run(tmp_path / "r2", "small", {"data": "mnist-ish"}), tmp_path / "r2", quiet=True)
