@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .checkpoint import CheckpointError, load_state_dict, normalize_state_dict, read_checkpoint
+from .checkpoint import load_state_dict, normalize_state_dict, read_checkpoint
 
 BASE_URL = "https://download.openmmlab.com/mmclassification/v0/repvgg/"
 _SHORT = "4xb64-coslr-120e_in1k"
@@ -81,4 +81,4 @@ def load_pretrained(model: nn.Module, name: str) -> nn.Module:
     return load_state_dict(model, sd, source=str(path))
 
 
-__all__ = ["PRETRAINED_FILES", "cache_dir", "pretrained_path", "load_pretrained", "CheckpointError"]
+__all__ = ["PRETRAINED_FILES", "cache_dir", "pretrained_path", "load_pretrained"]
