@@ -7,6 +7,7 @@ from .blocks import BLOCKS, NotConvertibleError, RepVGGBlock
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, read_metadata, save_checkpoint
 from .factory import create_model, list_models
 from .model import RepVGG, RepVGGFeatures
+from .optimize import optimize_for_inference
 from .reparam import reparameterize
 
 __version__ = "0.1.0"
@@ -20,7 +21,7 @@ def list_blocks() -> dict[str, str]:
 
 
 __all__ = [
-    "create_model", "list_models", "list_blocks", "reparameterize", "NotConvertibleError",
+    "create_model", "list_models", "optimize_for_inference", "list_blocks", "reparameterize", "NotConvertibleError",
     "RepVGG", "RepVGGBlock", "RepVGGFeatures",
     "load_checkpoint", "save_checkpoint", "model_from_checkpoint", "read_metadata", "CheckpointError",
 ]

@@ -40,12 +40,12 @@ def test_paper_top1_agrees_with_arch_table():
             assert ARCHS[name].top1 == row.top1, name
 
 
-@pytest.mark.parametrize("name", ["resnet18", "efficientnet_b0", "regnet_x_3_2gf", "resnext50_32x4d"])
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_b0"])  # residual adds; depthwise + SE
 def test_baseline_fusion_is_equivalent(name):
     model = randomize_bn_(create_baseline(name, num_classes=10, fused=False), seed=1)
     fused = fuse_conv_bn(model)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert rel_err(fused(x), model(x)) < 1e-4
 

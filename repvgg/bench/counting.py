@@ -1,7 +1,7 @@
-"""Params, multiply-adds and the paper's Wino MULs, counted with torch.utils.flop_counter.
+"""The paper's Wino MULs, counted with torch.utils.flop_counter; params and multiply-adds come
+from :mod:`repvgg.complexity` (one implementation of each count in the package).
 
-Theoretical FLOPs in the paper are multiply-adds (footnote 2); flop_counter counts a multiply-add
-as 2, so we halve it. Wino MULs (Sect. 2.4): a stride-1 3x3 conv computed with F(2x2, 3x3)
+Theoretical FLOPs in the paper are multiply-adds (footnote 2). Wino MULs (Sect. 2.4): a stride-1 3x3 conv computed with F(2x2, 3x3)
 Winograd needs 4/9 of its multiplications; every other op (strided or dilated convs, 1x1 convs,
 the classifier) counts in full.
 """
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+
+from ..complexity import count_macs, count_params
 
 WINOGRAD_FACTOR = 4 / 9  # F(2x2, 3x3): 16 MULs per 2x2 output tile instead of 36
 _CONV_OPS = (torch.ops.aten.convolution, torch.ops.aten._convolution)
@@ -27,11 +29,12 @@ def _wino_conv_flop(x_shape, w_shape, _bias, stride, _padding, dilation, transpo
     return int(flops * WINOGRAD_FACTOR) if winograd else flops
 
 
-def _count(model: nn.Module, input_shape: Sequence[int], custom: dict | None) -> int:
+def count_wino_muls(model: nn.Module, input_shape: Sequence[int] = (1, 3, 224, 224)) -> int:
+    """Multiplications with stride-1 3x3 convs at 4/9 (paper Sect. 2.4, "Wino MULs")."""
     p = next(model.parameters(), None)
     x = torch.zeros(tuple(input_shape), device=p.device if p is not None else "cpu",
                     dtype=p.dtype if p is not None else torch.float32)
-    counter = FlopCounterMode(display=False, custom_mapping=custom)
+    counter = FlopCounterMode(display=False, custom_mapping={op: _wino_conv_flop for op in _CONV_OPS})
     was_training = model.training
     model.eval()
     try:
@@ -40,20 +43,6 @@ def _count(model: nn.Module, input_shape: Sequence[int], custom: dict | None) ->
     finally:
         model.train(was_training)
     return counter.get_total_flops() // 2  # flop_counter counts a multiply-add as 2 FLOPs
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def count_macs(model: nn.Module, input_shape: Sequence[int] = (1, 3, 224, 224)) -> int:
-    """Multiply-adds of one forward pass (the paper's "theoretical FLOPs")."""
-    return _count(model, input_shape, None)
-
-
-def count_wino_muls(model: nn.Module, input_shape: Sequence[int] = (1, 3, 224, 224)) -> int:
-    """Multiplications with stride-1 3x3 convs at 4/9 (paper Sect. 2.4, "Wino MULs")."""
-    return _count(model, input_shape, {op: _wino_conv_flop for op in _CONV_OPS})
 
 
 @dataclass(frozen=True)

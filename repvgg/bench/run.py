@@ -42,15 +42,16 @@ def run_bench(
     image_size: int = 224,
     device: str | torch.device = "cpu",
     protocol: Protocol | None = None,
-    ceiling: bool = False,
-    memory: bool = True,
+    ceiling: bool | Sequence[ModelSpec] = False,
+    memory: bool | Sequence[ModelSpec] = True,
     num_classes: int = 1000,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Time every spec with the interleaved protocol; returns ``{"settings", "environment", "rows"}``.
 
     Params/FLOPs/Wino MULs are counted on each row's plain fp32 model at batch 1. With ``ceiling``,
-    each deploy-form RepVGG row also gets its convs timed alone, interleaved with the rest.
+    each deploy-form RepVGG row (or the rows listed) also gets its convs timed alone, interleaved
+    with the rest; ``memory`` likewise measures all rows or the rows listed.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
@@ -63,13 +64,15 @@ def run_bench(
     say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
     shape = (batch_size, 3, image_size, image_size)
     load_before = loadavg()
+    want_ceiling = [s for s in specs if s.form == "deploy" and s.kind == "repvgg"] if ceiling is True else ceiling or []
+    want_memory = list(specs) if memory is True else memory or []
 
     rows, runners, timers = [], {}, {}
     for spec in specs:
         say(f"building {spec.label}")
         ref = build_reference(spec, num_classes)
         counts = complexity(ref, (1, 3, image_size, image_size))
-        cref = copy.deepcopy(ref) if ceiling and spec.form == "deploy" and spec.kind == "repvgg" else None
+        cref = copy.deepcopy(ref) if spec in want_ceiling else None
         model = apply_treatment(ref, spec, device, shape)
         x = example_input(spec, shape, device)
         runners[spec.label] = (lambda m, x: lambda: m(x))(model, x)
@@ -100,17 +103,17 @@ def run_bench(
     load_after = loadavg()
     del runners, timers
 
-    if memory:
-        for spec, row in zip(specs, rows):
+    for spec, row in zip(specs, rows):
+        if spec in want_memory:
             say(f"peak memory of {spec.label}")
             peak = peak_memory(spec, shape, device, num_classes)
             row["peak_mem_mb"] = None if peak is None else peak / 2**20
 
     settings = dict(batch_size=batch_size, image_size=image_size, device=str(device),
                     warmup_batches=protocol.warmup, timed_batches=protocol.iters, repeats=protocol.repeats,
-                    interleaved=True, ceiling=ceiling,
+                    interleaved=True, ceiling=[s.label for s in want_ceiling],
                     memory=("GPU max allocated minus allocated before the batch" if device.type == "cuda" else
-                            "CPU peak RSS delta of one batch, fresh subprocess per model") if memory else None,
+                            "CPU peak RSS delta of one batch, fresh subprocess per model") if want_memory else None,
                     loadavg_before=load_before, loadavg_after=load_after,
                     paper_columns="paper_top1 / paper_speed are the paper's Tables 4-5 (1080Ti, bs 128), not ours")
     return dict(settings=settings, environment=environment(device), rows=rows)
