@@ -15,6 +15,15 @@ from repvgg.reorg import ConvNormAct, ResidualBlock, ResidualReorg, reorg_depths
 from tests.conftest import randomize_bn_, rel_err
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a CPU shared with other jobs, OpenMP threads fighting them are ~10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny(name="repvgg_a0", **kw):
     arch = dataclasses.replace(get_arch(name), a=0.125, b=0.125)  # same depths and groups, few channels
     return ResidualReorg(arch, num_classes=5, **kw)

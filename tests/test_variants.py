@@ -20,6 +20,15 @@ PLAIN_CONVERTIBLE = [v for v in BLOCK_VARIANTS if not BLOCKS[v].branch_relu]
 TINY = dataclasses.replace(get_arch("repvgg_a0"), a=0.125, b=0.125)  # widths 8, 16, 32, 64; 22 layers
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a CPU shared with other jobs, OpenMP threads fighting them are ~10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny(variant, **kw):
     cls = ResidualReorg if variant == "residual_reorg" else RepVGG
     return cls(TINY, num_classes=5, in_chans=1, block=variant, small_input=True, **kw)
