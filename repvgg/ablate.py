@@ -325,7 +325,19 @@ def run_ablation(output, model: str = "repvgg_a0", data: str = "fashion-mnist", 
             done_times.append(res["wall_s"])
             left = sum(1 for vv, ss in todo[i + 1:] if not (out / "runs" / vv / f"seed{ss}" / "result.json").is_file())
             log(f"  {left} run(s) left, about {statistics.mean(done_times) * left / 60:.0f} min at this pace")
-        write_summary(out, summarize(collect(out, variants, seeds), variants), header)
-    rows = summarize(collect(out, variants, seeds), variants)
-    write_summary(out, rows, header)
+        results = collect(out, variants, seeds)
+        write_summary(out, summarize(results, variants), header + _conditions(results))
+    results = collect(out, variants, seeds)
+    rows = summarize(results, variants)
+    write_summary(out, rows, header + _conditions(results))
     return rows
+
+
+def _conditions(results: list[dict]) -> str:
+    """How loaded the machine was while the speeds were timed (they move with it)."""
+    loads = [r["loadavg_1min"] for r in results if r.get("loadavg_1min") is not None]
+    threads = sorted({r["torch_threads"] for r in results if r.get("torch_threads")})
+    if not loads:
+        return ""
+    return (f"  \nSpeeds timed with {'/'.join(map(str, threads))} torch thread(s) while the 1-min load average "
+            f"was {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores (other jobs ran too).")

@@ -1,6 +1,7 @@
 """Verb `ablate`: the paper's Tables 6-7 on your data (library: repvgg.ablate.run_ablation)."""
 from __future__ import annotations
 
+import os
 import sys
 
 import yaml
@@ -45,11 +46,12 @@ def run(args) -> int:
     from ..train import TrainingInterrupted
 
     settings = parse_settings(args.settings)
-    cmd = "repvgg " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("repvgg") else \
+    argv = [a for a in sys.argv[1:] if a != "--report-only"]  # the command that trained the runs
+    cmd = "repvgg " + " ".join(argv) if sys.argv and sys.argv[0].endswith("repvgg") else \
         f"repvgg ablate --output {args.output} ..."
     header = (f"# Ablation (paper Tables 6-7): {args.model} width x{args.width:g} on {args.data}, recipe "
               f"{args.recipe}{f', {args.epochs} epochs' if args.epochs else ''}, settings {settings or '{}'}\n\n"
-              f"Command: `{cmd}`  \nHardware: {cpu_name()}, CPU only, shared with other jobs (speeds are "
+              f"Command: `{cmd}`  \nHardware: {cpu_name()} ({os.cpu_count()} cores), CPU only, shared with other jobs (speeds are "
               f"indicative; train-time vs deploy ratios are timed interleaved).  \n"
               "Top-1 is on the test split, best epoch (EMA weights when the recipe uses EMA). The last column "
               "is the PAPER's ImageNet top-1 of RepVGG-B0 after 120 epochs, quoted for the ordering only.")
