@@ -25,8 +25,8 @@ from repvgg.complexity import count_macs, count_params  # noqa: E402
 from repvgg.data import build_datasets, build_loader  # noqa: E402
 from repvgg.deploy.common import load_model, time_interleaved, top1  # noqa: E402
 from repvgg.deploy.export import export_model  # noqa: E402
-from repvgg.deploy.prune import finetune, prune_model, save_pruned  # noqa: E402
-from repvgg.deploy.quantize import ort_session  # noqa: E402
+from repvgg.deploy.prune import finetune, prune_model, recalibrate, save_pruned  # noqa: E402
+from repvgg.deploy.quantize import calibration_batches, ort_session  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -57,6 +57,7 @@ def main() -> int:
     ap.add_argument("--finetune-epochs", type=int, default=2)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--calib-images", type=int, default=512)
     ap.add_argument("--save", default="runs/deploy_prune/a0_pruned30_ft.safetensors")
     ap.add_argument("--out", default="deploy_prune")
     args = ap.parse_args()
@@ -70,6 +71,8 @@ def main() -> int:
                params_before=count_params(base), params_after=count_params(pruned),
                macs_before=count_macs(base, shape), macs_after=count_macs(pruned, shape),
                widths_after=pruned.pruned_widths, top1_before=top1(base, test), top1_pruned=top1(pruned, test))
+    recalibrate(pruned, base, torch.cat(calibration_batches(train_ds, 128, -(-args.calib_images // 128)))[: args.calib_images])
+    row["top1_pruned_recalibrated"] = top1(pruned, test)
     print(json.dumps(row), flush=True)
     t0 = time.perf_counter()
     finetune(pruned, train_ds, args.finetune_epochs, lr=args.lr)
@@ -97,12 +100,14 @@ def main() -> int:
     lines = [f"# Pruning {args.ratio:.0%} of the filters of a trained, fused RepVGG ({args.data})", "",
              f"- command: `{meta['command']}`", f"- hardware: {meta['hardware']}",
              f"- torch {meta['torch']}, onnxruntime {meta['onnxruntime']}; {meta['date']}; test: {meta['test_images']} images",
-             f"- fine-tuning: {args.finetune_epochs} epochs, SGD lr {args.lr} one-cycle, label smoothing 0.1 "
+             f"- after pruning: per-channel mean/std recalibration on {args.calib_images} training images "
+             f"(repvgg.deploy.prune.recalibrate), then fine-tuning: {args.finetune_epochs} epochs, SGD lr {args.lr} one-cycle, label smoothing 0.1 "
              f"({r['finetune_minutes']} min); control = the unpruned model fine-tuned the same way", "",
              "| | before | after pruning | after fine-tuning |", "|---|---|---|---|",
              f"| params | {r['params_before']:,} | {r['params_after']:,} | {r['params_after']:,} |",
              f"| MACs / image | {r['macs_before']:,} | {r['macs_after']:,} | {r['macs_after']:,} |",
-             f"| top-1 % | {r['top1_before']:.2f} | {r['top1_pruned']:.2f} | {r['top1_pruned_finetuned']:.2f} "
+             f"| top-1 % | {r['top1_before']:.2f} | {r['top1_pruned']:.2f} (recalibrated: {r['top1_pruned_recalibrated']:.2f}) "
+             f"| {r['top1_pruned_finetuned']:.2f} "
              f"(unpruned, same fine-tune: {r['top1_unpruned_same_finetune']:.2f}) |",
              f"| PyTorch CPU ms, batch 64 | {r['torch_before_ms_b64']:.1f} | {r['torch_after_ms_b64']:.1f} "
              f"({r['speedup_torch_b64']:.2f}x) | same |",

@@ -6,7 +6,7 @@ import repvgg
 from repvgg.checkpoint import save_checkpoint
 from repvgg.cli import main
 from repvgg.deploy.common import load_model
-from repvgg.deploy.prune import finetune, load_pruned, plain_layers, prune_model, save_pruned
+from repvgg.deploy.prune import finetune, load_pruned, plain_layers, prune_model, recalibrate, save_pruned
 from repvgg.data import InMemoryDataset
 from tests.test_export import tiny
 
@@ -46,6 +46,29 @@ def test_pruned_model_is_smaller_and_round_trips(tmp_path):
         x = torch.randn(2, 1, 28, 28)
         with torch.no_grad():
             assert torch.equal(loaded(x), result.model(x))
+
+
+def test_stage_blocks_keep_one_channel_set():
+    """Identity branches make a stage one residual stream: all its blocks keep the same channels."""
+    model = repvgg.create_model("repvgg_a0", num_classes=10, in_chans=1, small_input=True, deploy=True).eval()
+    pruned = prune_model(model, 0.3, log=quiet).model
+    for stage in pruned.stages:
+        kept = [b.kept_channels.tolist() for b in stage]
+        assert all(k == kept[0] for k in kept)
+
+
+def test_recalibrate_matches_kept_channel_statistics():
+    original = repvgg.reparameterize(tiny())
+    pruned = prune_model(original, 0.5, multiple_of=1, log=quiet).model
+    x = torch.randn(64, 3, 16, 16)
+    recalibrate(pruned, original, x)
+    h_p = h_o = x
+    with torch.no_grad():
+        for bp, bo in zip(plain_layers(pruned), plain_layers(original)):
+            z_p, z_o = bp.fused(h_p), bo.fused(h_o)[:, bp.kept_channels]
+            torch.testing.assert_close(z_p.mean((0, 2, 3)), z_o.mean((0, 2, 3)), rtol=1e-3, atol=1e-4)
+            torch.testing.assert_close(z_p.std((0, 2, 3)), z_o.std((0, 2, 3)), rtol=1e-3, atol=1e-4)
+            h_p, h_o = bp(h_p), bo(h_o)
 
 
 def test_grouped_layers_are_left_alone_with_a_message():

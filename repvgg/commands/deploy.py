@@ -53,6 +53,8 @@ def register(sub) -> None:
     r.add_argument("--data-dir")
     r.add_argument("--image-size", type=int, help="resize the data (default: the checkpoint's training size)")
     r.add_argument("--finetune-epochs", type=int, default=0)
+    r.add_argument("--calib-images", type=int, default=512,
+                   help="training images for the per-channel statistics recalibration after pruning (with --data; 0 = off)")
     r.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
     r.add_argument("--batch-size", type=int, default=128)
     r.add_argument("--eval-images", type=int, help="evaluate on the first N test images (default: all)")
@@ -146,7 +148,8 @@ def run_prune(args) -> int:
 
     from ..complexity import count_macs, count_params
     from ..deploy.common import default_image_size, load_model, time_interleaved, top1
-    from ..deploy.prune import finetune, prune_model, save_pruned
+    from ..deploy.prune import finetune, prune_model, recalibrate, save_pruned
+    from ..deploy.quantize import calibration_batches
 
     if not 0 < args.ratio < 1:
         raise ValueError(f"--ratio must be strictly between 0 and 1 (the fraction of filters removed), got {args.ratio}")
@@ -168,6 +171,10 @@ def run_prune(args) -> int:
     if data:
         loader = _test_loader(data[1], 256, args.eval_images)
         rows.append(("top-1 %", top1(model, loader), top1(pruned, loader)))
+        if args.calib_images > 0:
+            n = -(-args.calib_images // args.batch_size)
+            recalibrate(pruned, model, torch.cat(calibration_batches(data[0], args.batch_size, n))[: args.calib_images])
+            rows.append((f"top-1 % recalibrated ({args.calib_images} img)", None, top1(pruned, loader)))
         if args.finetune_epochs:
             finetune(pruned, data[0], args.finetune_epochs, lr=args.lr, batch_size=args.batch_size)
             rows.append(("top-1 % after fine-tune", None, top1(pruned, loader)))
