@@ -186,13 +186,15 @@ def summarize(results: list[dict], variants: list[str]) -> list[dict]:
             vals = [r[key] for r in rs if r.get(key) is not None]
             return statistics.median(vals) if vals else None
 
+        ratios = [r["infer_deploy_img_s"] / r["infer_train_form_img_s"] for r in rs if r.get("infer_deploy_img_s")]
         d_mean, d_std = _mean_std(dep)
         t_mean, t_std = _mean_std(trn)
         rows.append(dict(
             variant=v, seeds=len(rs), convertible=convertible(v), top1_deploy_mean=d_mean, top1_deploy_std=d_std,
             top1_train_form_mean=t_mean, top1_train_form_std=t_std, per_seed=[round(x, 2) for x in (dep or trn)],
             train_img_s=med("train_img_s"), infer_train_form_img_s=med("infer_train_form_img_s"),
-            infer_deploy_img_s=med("infer_deploy_img_s"), params_train_form=med("params_train_form"),
+            infer_deploy_img_s=med("infer_deploy_img_s"),
+            deploy_speedup=statistics.median(ratios) if ratios else None, params_train_form=med("params_train_form"),
             params_deploy=med("params_deploy"), train_s=med("train_s"), paper_imagenet_top1_b0=PAPER_TOP1.get(v),
         ))
     return rows
@@ -220,6 +222,7 @@ def table_rows(rows: list[dict]) -> list[dict]:
             "train img/s": _num(r["train_img_s"]),
             "infer img/s train-time form": _num(r["infer_train_form_img_s"]),
             "infer img/s deploy": NOT_CONVERTIBLE if na else _num(r["infer_deploy_img_s"]) + note,
+            "deploy speed-up (paired)": NOT_CONVERTIBLE if na else _num(r["deploy_speedup"], "{:.2f}x"),
             "params train-time form (M)": _num(r["params_train_form"] and r["params_train_form"] / 1e6, "{:.3f}"),
             "params deploy (M)": NOT_CONVERTIBLE if na else _num(r["params_deploy"] and r["params_deploy"] / 1e6,
                                                                "{:.3f}"),

@@ -59,6 +59,7 @@ def test_table_mean_std_not_convertible_and_paper_column(tmp_path):
     assert shown[0]["top-1 deploy (%)"] == "91.00 ± 1.41"
     assert shown[1]["top-1 deploy (%)"] == shown[1]["infer img/s deploy"] == ablate.NOT_CONVERTIBLE
     assert shown[1]["top-1 train-time form (%)"] == "91.00 ± 0.00"
+    assert shown[0]["deploy speed-up (paired)"] == "1.60x"  # 80 / 50 img/s, timed in the same run
     paper = "paper ImageNet top-1, RepVGG-B0 (paper's)"
     assert (shown[0][paper], shown[1][paper], shown[2][paper]) == ("75.14", "75.69", "not in paper")
     paths = ablate.write_summary(tmp_path, rows, "# header")
