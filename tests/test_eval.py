@@ -14,7 +14,7 @@ from tests.test_train import make_tiny_fmnist, tiny_overrides
 def run(tmp_path_factory):
     data = make_tiny_fmnist(tmp_path_factory.mktemp("fmnist"))
     out = tmp_path_factory.mktemp("run") / "a0"
-    train(prepare_run(out, "small", tiny_overrides(data, epochs=1)), out, quiet=True)
+    train(prepare_run(out, "small", tiny_overrides(data, epochs=1, channels_last=True)), out, quiet=True)
     return out, data
 
 
@@ -22,9 +22,9 @@ def test_eval_reports_top1_top5_per_class_and_png(run, tmp_path):
     out, data = run
     res = evaluate_checkpoint(out / "best.safetensors", "fashion-mnist", data_dir=data, output=tmp_path,
                               quiet=True)
-    assert res["n"] == 128 and 0 <= res["top1"] <= res["top5"] <= 100
-    assert len(res["per_class"]) == 10 and res["confusion"].sum() == 128
-    assert res["confusion"].diag().sum().item() == pytest.approx(res["top1"] * 1.28)
+    assert res["n"] == 64 and 0 <= res["top1"] <= res["top5"] <= 100
+    assert len(res["per_class"]) == 10 and res["confusion"].sum() == 64
+    assert res["confusion"].diag().sum().item() == pytest.approx(res["top1"] * 0.64)
     png = tmp_path / "confusion_best.png"
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
     dep = evaluate_checkpoint(out / "best.safetensors", "fashion-mnist", data_dir=data, deploy=True,
@@ -76,7 +76,8 @@ def test_finish_run_refuses_a_deploy_model_that_changed(run, monkeypatch):
     def broken(model):
         fused = real(model)
         with torch.no_grad():
-            fused.head.fc.bias[0] += 50.0                       # every image now predicts class 0
+            fused.head.fc.weight.neg_()                          # argmax becomes argmin
+            fused.head.fc.bias.neg_()
         return fused
 
     monkeypatch.setattr(loop, "reparameterize", broken)
@@ -87,10 +88,10 @@ def test_finish_run_refuses_a_deploy_model_that_changed(run, monkeypatch):
 
 def test_compare_predictions_allows_only_ties():
     labels = torch.tensor([0, 1, 2, 3])
-    a = torch.tensor([[5.0, 1, 0], [0, 5, 1], [1, 2, 2.0000001], [3, 0, 0]])[:, :3]
+    a = torch.tensor([[5.0, 1, 0], [0, 5, 1], [1, 2, 2.000001], [3, 0, 0]])
     labels = labels[:4].clamp(max=2)
     b = a.clone()
-    b[2] = torch.tensor([1, 2.0000001, 2.0])                      # a tie flipped by rounding
+    b[2] = torch.tensor([1, 2.000001, 2.0])                      # a tie flipped by rounding
     info = compare_predictions({"logits": a}, {"logits": b}, labels, min_agreement=50)
     assert info["flips"] == 1 and info["tie_flips"] == 1
     b[0] = torch.tensor([0.0, 5, 1])                              # a real change

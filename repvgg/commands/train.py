@@ -30,6 +30,7 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is best on a CPU busy with other jobs)")
     p.add_argument("--amp", nargs="?", const=True, default=None, choices=(True, "auto", "bf16", "fp16"),
                    help="mixed precision: bf16 on CPU, fp16 on CUDA (or name the dtype)")
+    p.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="fp32 training")
     p.add_argument("--grad-clip", type=float, help="clip the global gradient norm")
     bool_flags = {"small_input": "stride-1 stem for 28-32 px images", "ema": "EMA of the weights",
                   "channels_last": "channels_last memory format", "sync_bn": "SyncBatchNorm under DDP",
