@@ -125,7 +125,10 @@ def main(argv=None) -> int:
         result["gpu_figures"] = "not measured in this session (no GPU); run this script with --device cuda"
     if args.checkpoint:
         dts = [torch.bfloat16] + ([torch.float16] if gpu else [])
-        result["accuracy"] = accuracy_check(args.checkpoint, device, dts, args.data_dir, args.data)
+        try:
+            result["accuracy"] = accuracy_check(args.checkpoint, device, dts, args.data_dir, args.data)
+        except Exception as e:  # keep the timings even if the checkpoint cannot be evaluated
+            result["accuracy"] = dict(checkpoint=args.checkpoint, error=f"{type(e).__name__}: {e}")
     if args.notes:
         result["notes"] = args.notes.read_text()
 

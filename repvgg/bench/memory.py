@@ -25,7 +25,8 @@ def peak_memory(spec: ModelSpec, shape: tuple[int, ...], device: torch.device, n
     if device.type == "cuda":
         return _measure_cuda(spec, shape, device, num_classes)
     cmd = [sys.executable, "-m", "repvgg.bench.memory",
-           json.dumps(dict(spec=spec.to_dict(), shape=list(shape), num_classes=num_classes))]
+           json.dumps(dict(spec=spec.to_dict(), shape=list(shape), num_classes=num_classes,
+                           threads=torch.get_num_threads()))]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         raise RuntimeError(f"memory measurement of {spec.label} failed:\n{proc.stderr[-2000:]}")
@@ -74,5 +75,6 @@ def _measure_cpu_here(spec: ModelSpec, shape, num_classes) -> int | None:
 
 if __name__ == "__main__":
     req = json.loads(sys.argv[1])
+    torch.set_num_threads(req["threads"])  # the parent's setting: oneDNN scratch memory is per thread
     peak = _measure_cpu_here(ModelSpec(**req["spec"]), tuple(req["shape"]), req["num_classes"])
     print(json.dumps(dict(peak_bytes=peak)))
