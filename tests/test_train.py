@@ -102,7 +102,9 @@ def test_refuses_to_overwrite_another_run(tmp_path, tiny):
         prepare_run(out, "small", tiny_overrides(tiny))
     with pytest.raises(FileNotFoundError, match="no resumable state"):
         prepare_run(out, "small", tiny_overrides(tiny), resume=True)
-    cfg = prepare_run(out, "small", tiny_overrides(tiny, epochs=1), overwrite=True)
+    # the heavy recipe's pieces run through the real loop here: AutoAugment, mixup, warm-up, checkpointing
+    cfg = prepare_run(out, "heavy", tiny_overrides(tiny, model="repvgg_a0", epochs=1, aug="autoaugment",
+                                                   grad_checkpointing=True), overwrite=True)
     train(cfg, out, overwrite=True, quiet=True)
     assert (out / "keep.txt").read_text() == "user file"          # only run files are replaced
     assert (out / "deploy.safetensors").is_file()
