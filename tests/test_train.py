@@ -137,8 +137,10 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, tiny, s
 def test_state_file_is_weights_only_loadable(tmp_path, tiny):
     out = tmp_path / "r"
     with pytest.raises(TrainingInterrupted):
-        train(prepare_run(out, "small", tiny_overrides(tiny, ema=True)), out, quiet=True, stop_at_step=2)
+        train(prepare_run(out, "small", tiny_overrides(tiny, ema=True, train_subset=96)), out, quiet=True,
+              stop_at_step=2)
     st = torch.load(out / "last.state.pt", weights_only=True)
+    assert "on fashion-mnist [data_dir: 96 train" in (out / "train.log").read_text()
     assert {"optimizer", "scheduler", "scaler", "rng", "epoch", "step", "config"} <= st.keys()
     assert st["optimizer"]["state"], "momentum buffers are saved"
 
@@ -158,6 +160,9 @@ def test_bad_data_spec_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no IDX files"):
         train(prepare_run(tmp_path / "r", "small", {"data": "fashion-mnist", "data_dir": str(tmp_path)}),
               tmp_path / "r", quiet=True)
+    with pytest.raises(ValueError, match="train_subset=100000 must be in 1..60000|train_subset=100000 must be in 1..6000"):
+        train(prepare_run(tmp_path / "r3", "small", {"data": "fashion-mnist-builtin", "train_subset": 100000}),
+              tmp_path / "r3", quiet=True)
     with pytest.raises(ValueError, match="unknown data spec"):
         train(prepare_run(tmp_path / "r2", "small", {"data": "mnist-ish"}), tmp_path / "r2", quiet=True)
 

@@ -185,6 +185,19 @@ class _StopFlag:
             signal.signal(s, h)
 
 
+def _subset(ds, n: int, seed: int):
+    """The first n of a seeded permutation of an in-memory training set (quick runs, the demo)."""
+    from ..data import InMemoryDataset
+
+    if not isinstance(ds, InMemoryDataset):
+        raise ValueError("train_subset works with in-memory data (fashion-mnist, cifar), not imagefolder")
+    if not 0 < n <= len(ds):
+        raise ValueError(f"train_subset={n} must be in 1..{len(ds)}")
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return InMemoryDataset(ds.images[idx], ds.targets[idx], ds.classes, mean=ds.mean, std=ds.std, train=True,
+                           recipe_aug=ds.recipe_aug, image_size=ds.image_size)
+
+
 def _meta(cfg: dict, info, **extra) -> dict:
     return {"dataset": info.name, "class_names": info.class_names, "image_size": info.image_size,
             "mean": list(info.mean), "std": list(info.std), "recipe": cfg.get("recipe"), **extra}
@@ -213,6 +226,9 @@ class Trainer:
         seed_everything(cfg["seed"], cfg["deterministic"])
         self.train_ds, self.test_ds, self.info = build_datasets(
             cfg["data"], cfg["data_dir"], cfg["image_size"], recipe_aug=cfg["aug"])
+        if cfg.get("train_subset"):
+            self.train_ds = _subset(self.train_ds, int(cfg["train_subset"]), cfg["seed"])
+            self.info.num_train = len(self.train_ds)
         r, w = self.dist.rank, self.dist.world_size
         self.train_loader = build_loader(self.train_ds, cfg["batch_size"], train=True, seed=cfg["seed"],
                                          rank=r, world_size=w, num_workers=cfg["workers"])
