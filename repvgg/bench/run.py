@@ -76,6 +76,7 @@ def run_bench(
         model = apply_treatment(ref, spec, device, shape)
         x = example_input(spec, shape, device)
         runners[spec.label] = (lambda m, x: lambda: m(x))(model, x)
+        chosen = getattr(model, "optimize_info", None)  # what optimize_for_inference picked
         if cref is not None:
             cl = spec.channels_last or spec.treatment == "optimized"
             fmt = torch.channels_last if cl else torch.contiguous_format
@@ -89,6 +90,8 @@ def run_bench(
             params_m=counts.params / 1e6, macs_g=counts.macs / 1e9, wino_muls_g=counts.wino_muls / 1e9,
             paper_top1=paper.top1 if paper else None, paper_speed=paper.speed if paper else None,
         ))
+        if chosen is not None:
+            rows[-1]["optimize_info"] = chosen
 
     say(f"timing {len(runners) + len(timers)} runners: {protocol}")
     timings = time_interleaved(runners, batch_size, protocol, device, timers=timers, progress=say)
