@@ -56,6 +56,7 @@ def register(sub) -> None:
     r.add_argument("--calib-images", type=int, default=512,
                    help="training images for the per-channel statistics recalibration after pruning (with --data; 0 = off)")
     r.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
+    r.add_argument("--distill", action="store_true", help="fine-tune towards the unpruned model's outputs as well")
     r.add_argument("--batch-size", type=int, default=128)
     r.add_argument("--eval-images", type=int, help="evaluate on the first N test images (default: all)")
     r.set_defaults(func=run_prune)
@@ -176,7 +177,8 @@ def run_prune(args) -> int:
             recalibrate(pruned, model, torch.cat(calibration_batches(data[0], args.batch_size, n))[: args.calib_images])
             rows.append((f"top-1 % recalibrated ({args.calib_images} img)", None, top1(pruned, loader)))
         if args.finetune_epochs:
-            finetune(pruned, data[0], args.finetune_epochs, lr=args.lr, batch_size=args.batch_size)
+            finetune(pruned, data[0], args.finetune_epochs, lr=args.lr, batch_size=args.batch_size,
+                     teacher=model if args.distill else None)
             rows.append(("top-1 % after fine-tune", None, top1(pruned, loader)))
     save_pruned(pruned, args.out, metadata={"prune_ratio": args.ratio, "finetune_epochs": args.finetune_epochs,
                                             "image_size": size[0]})

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..blocks import RepVGGBlock, SqueezeExcite
 
@@ -245,8 +246,13 @@ def load_pruned(path: str | os.PathLike) -> nn.Module:
 
 
 def finetune(model: nn.Module, train_ds, epochs: int, *, lr: float = 0.01, batch_size: int = 128,
-             weight_decay: float = 5e-5, label_smoothing: float = 0.1, seed: int = 0, log=print) -> nn.Module:
-    """Briefly retrain a pruned plain model (no BN left: small lr, SGD + cosine, bf16 where native)."""
+             weight_decay: float = 5e-5, label_smoothing: float = 0.1, seed: int = 0,
+             teacher: nn.Module | None = None, temperature: float = 4.0, log=print) -> nn.Module:
+    """Briefly retrain a pruned plain model (no BN left: small lr, SGD + one-cycle, bf16 where native).
+
+    With ``teacher`` (the unpruned model) half the loss is distillation towards its softened
+    outputs: the teacher knows what the removed channels computed, the labels alone do not.
+    """
     from ..data import build_loader
 
     if epochs < 1:
@@ -261,12 +267,20 @@ def finetune(model: nn.Module, train_ds, epochs: int, *, lr: float = 0.01, batch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     use_bf16 = _cpu_bf16()
+    if teacher is not None:
+        teacher.eval()
     model.train()
     for epoch in range(epochs):
         total = 0.0
         for x, y in loader:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                loss = loss_fn(model(x), y)
+                logits = model(x)
+                loss = loss_fn(logits, y)
+                if teacher is not None:
+                    with torch.no_grad():
+                        soft = F.softmax(teacher(x).float() / temperature, 1)
+                    kd = F.kl_div(F.log_softmax(logits.float() / temperature, 1), soft, reduction="batchmean")
+                    loss = 0.5 * loss + 0.5 * temperature**2 * kd
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
