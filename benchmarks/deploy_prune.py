@@ -106,7 +106,7 @@ def main() -> int:
              f"- after pruning: per-channel mean/std recalibration on {args.calib_images} training images "
              f"(repvgg.deploy.prune.recalibrate), then fine-tuning: {args.finetune_epochs} epochs, SGD lr {args.lr} one-cycle, label smoothing 0.1 "
              f"{' with distillation from the unpruned model (T=4, weight 0.5)' if args.distill else ''} "
-             f"({r['finetune_minutes']} min); control = the unpruned model fine-tuned the same way", "",
+             f"({r['finetune_minutes']} min)" + ("" if args.no_control else "; control = the unpruned model fine-tuned the same way"), "",
              "| | before | after pruning | after fine-tuning |", "|---|---|---|---|",
              f"| params | {r['params_before']:,} | {r['params_after']:,} | {r['params_after']:,} |",
              f"| MACs / image | {r['macs_before']:,} | {r['macs_after']:,} | {r['macs_after']:,} |",
