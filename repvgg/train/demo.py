@@ -105,6 +105,7 @@ def demo(output=None, epochs: int | None = None, *, data: str = "fashion-mnist-b
         msg = f"training {epochs} epoch(s)"
         if n < info.num_train:
             extra["train_subset"] = n
+            extra.setdefault("batch_size", 32)   # more, smaller steps: a few hundred images still learn
             msg += f" on {n} of the {info.num_train} images (a slow or busy machine)"
         print(f"about {per_image * info.num_train:.0f}s per epoch on this machine ({torch.get_num_threads()} "
               f"thread(s)): {msg}\n")
