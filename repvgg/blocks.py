@@ -91,13 +91,14 @@ class ConvBN(nn.Module):
         padding = ((kh - 1) // 2 * dilation, (kw - 1) // 2 * dilation)
         self.conv = nn.Conv2d(in_ch, out_ch, ksize, stride, padding, dilation, groups, bias=False)
         self.bn = nn.BatchNorm2d(out_ch) if bn else nn.Identity()
+        if kernel not in ("plain", "dirac", "trivial"):
+            raise ValueError(f"unknown kernel parameterization {kernel!r}")
         self.kernel = kernel
+        # Where shapes change there is no identity to add: the layer is a plain conv, no extra params.
         self.with_identity = kernel != "plain" and in_ch == out_ch and stride == 1
-        if kernel == "dirac":
+        if kernel == "dirac" and self.with_identity:
             self.dirac_alpha = nn.Parameter(torch.ones(out_ch))
             self.dirac_beta = nn.Parameter(torch.full((out_ch,), 0.1))
-        elif kernel not in ("plain", "trivial"):
-            raise ValueError(f"unknown kernel parameterization {kernel!r}")
 
     def weight(self) -> torch.Tensor:
         """The kernel the conv actually applies (DiracNet / trivial re-param compute it)."""

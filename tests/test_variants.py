@@ -42,11 +42,9 @@ def test_list_blocks_names_every_variant_of_the_issue_with_a_description():
     assert all(isinstance(d, str) and len(d) > 20 for d in blocks.values())
 
 
-DIRAC_UNUSED = pytest.mark.xfail(strict=True, reason="reported: dirac layers without an identity (stride 2 / "
-                                  "width change) keep unused dirac_alpha/beta (no gradient; DDP refuses them)")
 
 
-@pytest.mark.parametrize("variant", [pytest.param(v, marks=DIRAC_UNUSED) if v == "dirac" else v for v in VARIANTS])
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_builds_and_trains_one_step_with_gradient_in_every_parameter(variant):
     torch.manual_seed(0)
     model = tiny(variant).train()
