@@ -222,9 +222,9 @@ class RepVGGBlock(nn.Module):
         outs = [branch(x) for branch in self.branches()]
         if self.spec.branch_relu:
             outs = [F.relu(o) for o in outs]
-        y = outs[0]
-        for o in outs[1:]:
-            y = y + o
+        y = outs[0] if len(outs) == 1 else outs[0] + outs[1]
+        for o in outs[2:]:
+            y += o  # y is the fresh tensor made by the add above: accumulate without another copy
         if self.post_bn is not None:
             y = self.post_bn(y)
         return self.act(self.se(y))
