@@ -10,13 +10,7 @@ from repvgg.cli import main
 KW = dict(num_classes=10, small_input=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """On the 2 shared CI cores one thread is ~3x faster than two threads fighting other jobs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,7 @@ from repvgg.reorg import ConvNormAct, ResidualBlock, ResidualReorg, reorg_depths
 from tests.conftest import randomize_bn_, rel_err
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a CPU shared with other jobs, OpenMP threads fighting them are ~10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(name="repvgg_a0", **kw):

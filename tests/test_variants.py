@@ -20,13 +20,7 @@ PLAIN_CONVERTIBLE = [v for v in BLOCK_VARIANTS if not BLOCKS[v].branch_relu]
 TINY = dataclasses.replace(get_arch("repvgg_a0"), a=0.125, b=0.125)  # widths 8, 16, 32, 64; 22 layers
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a CPU shared with other jobs, OpenMP threads fighting them are ~10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(variant, **kw):
