@@ -34,6 +34,26 @@ def _check_input(x: torch.Tensor, in_chans: int) -> None:
         )
 
 
+def stage_schedule(num_stages: int, small_input: bool, output_stride: int) -> list[tuple[int, int, int, int]]:
+    """Per stage ``(stride, first_dilation, dilation, reduction)``, the stem's reduction first.
+
+    Each stage halves the resolution until that would pass ``output_stride``; from then on it keeps
+    the resolution and doubles the dilation instead. A stage's first layer keeps the dilation of the
+    stage before it (as torchvision's dilated ResNets do).
+    """
+    if output_stride not in (8, 16, 32):
+        raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+    reduction, dilation, schedule = (1 if small_input else 2), 1, []
+    for _ in range(num_stages):
+        first = dilation
+        if reduction * 2 > output_stride:  # keep resolution, widen the receptive field instead
+            stride, dilation = 1, dilation * 2
+        else:
+            stride, reduction = 2, reduction * 2
+        schedule.append((stride, first, dilation, reduction))
+    return schedule
+
+
 class RepVGG(nn.Module):
     def __init__(
         self,
@@ -47,21 +67,17 @@ class RepVGG(nn.Module):
         drop_rate: float = 0.0,
     ):
         super().__init__()
-        if output_stride not in (8, 16, 32):
-            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        schedule = stage_schedule(len(arch.depths), small_input, output_stride)
         self.arch, self.num_classes, self.in_chans = arch, num_classes, in_chans
         self.block_kwargs = dict(se=arch.se, block=block, deploy=deploy)
         self.stem = RepVGGBlock(in_chans, arch.stem_width, stride=1 if small_input else 2, **self.block_kwargs)
         reduction = 1 if small_input else 2
         self.feature_info = FeatureInfo([dict(num_chs=arch.stem_width, reduction=reduction, module="stem")])
 
-        stages, in_ch, layer_idx, dilation = [], arch.stem_width, 1, 1
-        for i, (depth, width) in enumerate(zip(arch.depths, arch.widths)):
-            prev_dilation = dilation
-            if reduction * 2 > output_stride:  # keep resolution, widen the receptive field instead
-                stride, dilation = 1, dilation * 2
-            else:
-                stride, reduction = 2, reduction * 2
+        stages, in_ch, layer_idx = [], arch.stem_width, 1
+        for i, (depth, width, (stride, prev_dilation, dilation, reduction)) in enumerate(
+            zip(arch.depths, arch.widths, schedule)
+        ):
             blocks = []
             for j in range(depth):
                 blocks.append(

@@ -19,7 +19,7 @@ import torch.nn as nn
 from . import fusion
 from .archs import RepVGGArch
 from .blocks import ConvBN, SqueezeExcite
-from .model import ClassifierHead, FeatureInfo, RepVGG
+from .model import ClassifierHead, FeatureInfo, RepVGG, stage_schedule
 
 DESCRIPTION = (
     "Table 7: Residual Reorg, a real ResNet-18/34-style net (depth d -> d//2 two-layer residual "
@@ -103,21 +103,17 @@ class ResidualReorg(RepVGG):
         nn.Module.__init__(self)  # RepVGG.__init__ would build RepVGG blocks; the layout is rebuilt here
         if block != "residual_reorg":
             raise ValueError(f"ResidualReorg builds block='residual_reorg' only, got {block!r}")
-        if output_stride not in (8, 16, 32):
-            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        schedule = stage_schedule(len(arch.depths), small_input, output_stride)
         self.arch, self.num_classes, self.in_chans = arch, num_classes, in_chans
         kw = dict(se=arch.se, deploy=deploy)
         reduction = 1 if small_input else 2
         self.stem = ConvNormAct(in_chans, arch.stem_width, 3, reduction, **kw)
         self.feature_info = FeatureInfo([dict(num_chs=arch.stem_width, reduction=reduction, module="stem")])
 
-        stages, in_ch, layer_idx, dilation = [], arch.stem_width, 1, 1
-        for i, (n_blocks, width) in enumerate(zip(reorg_depths(arch.depths), arch.widths)):
-            prev = dilation
-            if reduction * 2 > output_stride:
-                stride, dilation = 1, dilation * 2
-            else:
-                stride, reduction = 2, reduction * 2
+        stages, in_ch, layer_idx = [], arch.stem_width, 1
+        for i, (n_blocks, width, (stride, prev, dilation, reduction)) in enumerate(
+            zip(reorg_depths(arch.depths), arch.widths, schedule)
+        ):
             if n_blocks == 0:
                 layers = [ConvNormAct(in_ch, width, 3, stride, prev, arch.layer_groups(layer_idx), **kw)]
                 layer_idx += 1
