@@ -12,7 +12,6 @@ processes may share one OUT (a lock file per run), to use two cores. The summary
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import os
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import list_blocks
-from .archs import ARCHS, canonical_name
+from .archs import ARCHS, canonical_name, resize_arch
 from .blocks import BLOCKS
 from .train.config import atomic_write_text
 
@@ -55,25 +54,6 @@ def parse_variants(spec: str | list[str]) -> list[str]:
 def convertible(variant: str) -> bool:
     """Whether reparameterize gives a deploy model (residual_reorg: folded conv-BN, shortcuts kept)."""
     return variant == "residual_reorg" or not BLOCKS[variant].branch_relu
-
-
-def scaled_model(model: str, width: float) -> str:
-    """The zoo model with both width multipliers scaled by ``width``, registered for this process.
-
-    The trainer builds models by name, so a narrower copy of the architecture gets a name of its own
-    ("repvgg_a0_w0.25"); it lives only in this process's table, which is all the ablation needs.
-    """
-    base = canonical_name(model)
-    if width == 1:
-        return base
-    if not 0 < width <= 4:
-        raise ValueError(f"--width must be in (0, 4], got {width}")
-    name = f"{base}_w{width:g}"
-    arch = ARCHS[base]
-    ARCHS[name] = dataclasses.replace(arch, a=arch.a * width, b=arch.b * width, top1=None)
-    if min(ARCHS[name].widths) < 4:
-        raise ValueError(f"--width {width} leaves {ARCHS[name].widths} channels; use a larger width")
-    return name
 
 
 # ------------------------------------------------------------------------------------- one run
@@ -308,8 +288,13 @@ def run_ablation(output, model: str = "repvgg_a0", data: str = "fashion-mnist", 
     variants = parse_variants(variants)
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
-    name = scaled_model(model, width)
-    base = {**(overrides or {}), "model": name, "data": data}
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 8:
+        raise ValueError(f"--width must be in (0, 8], got {width}")
+    try:
+        resize_arch(ARCHS[canonical_name(model)], width)
+    except ValueError as e:
+        raise ValueError(f"--width {width}: {e}") from None
+    base = {**(overrides or {}), "model": canonical_name(model), "width": width, "data": data}
     if epochs is not None:
         base["epochs"] = epochs
     out.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,10 @@ which layers are grouped, strides) is derived by the rules in this file, in one 
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 # Layers counted as in the official release: the first layer after the stem is 1. Groupwise conv
@@ -23,13 +25,16 @@ class RepVGGArch:
     groups: int = 1  # groups of the interleaved groupwise layers (1 = none)
     se: bool = False
     top1: float | None = None  # the paper's / official ImageNet top-1, for reference tables
+    channels: tuple[int, ...] | None = None  # explicit (stem, stage 1..4) widths, e.g. after pruning
 
     @property
     def stem_width(self) -> int:
-        return min(64, int(64 * self.a))
+        return self.channels[0] if self.channels else min(64, int(64 * self.a))
 
     @property
     def widths(self) -> tuple[int, int, int, int]:
+        if self.channels:
+            return tuple(self.channels[1:])
         return int(64 * self.a), int(128 * self.a), int(256 * self.a), int(512 * self.b)
 
     def layer_groups(self, layer_idx: int) -> int:
@@ -54,6 +59,40 @@ ARCHS: dict[str, RepVGGArch] = {
     "repvgg_b3g4": RepVGGArch(_B, 3.0, 5.0, groups=4, top1=80.21),
     "repvgg_d2se": RepVGGArch(_D, 2.5, 5.0, se=True, top1=81.81),
 }
+
+
+def resize_arch(arch: RepVGGArch, width: float = 1.0,
+                channels: Sequence[int] | None = None) -> RepVGGArch:
+    """``arch`` with a and b scaled by ``width``, or with explicit (stem, 4 stages) ``channels``.
+
+    Why: small data and CPU budgets want thinner nets than the zoo (width=0.5 is 1/4 the compute),
+    and a pruned plain model is the zoo model with fewer channels per stage. Either one drops the
+    paper's ImageNet top-1, which no longer describes the model.
+    """
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 8:
+        raise ValueError(f"width must be a multiplier in (0, 8], got {width!r}")
+    if channels is not None:
+        if width != 1:
+            raise ValueError("give width or channels, not both")
+        channels = tuple(channels)
+        if len(channels) != 1 + len(arch.depths) or not all(
+                isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels):
+            raise ValueError(f"channels must be {1 + len(arch.depths)} positive ints "
+                             f"(stem, stage 1..{len(arch.depths)}), got {channels!r}")
+        groups = arch.groups
+        bad = [c for c in channels[1:] if groups > 1 and c % groups]
+        if bad:
+            raise ValueError(f"channels {bad} are not divisible by the model's groups={groups}")
+        return dataclasses.replace(arch, channels=channels, top1=None)
+    if width == 1:
+        return arch
+    scaled = dataclasses.replace(arch, a=arch.a * width, b=arch.b * width, top1=None)
+    too_thin = min(scaled.stem_width, *scaled.widths) < max(4, arch.groups)
+    uneven = arch.groups > 1 and any(w % arch.groups for w in scaled.widths)
+    if too_thin or uneven:
+        raise ValueError(f"width {width} gives widths {(scaled.stem_width, *scaled.widths)}, "
+                         f"too thin or not divisible by groups={arch.groups}; use another width")
+    return scaled
 
 
 def canonical_name(name: str) -> str:
