@@ -41,11 +41,34 @@ def test_pruned_model_is_smaller_and_round_trips(tmp_path):
     assert 0.4 * p0 < p1 < 0.6 * p0  # in and out channels both shrink by ~30%
     assert all(w % 8 == 0 for w in result.widths) and result.skipped == []
     path = save_pruned(result, tmp_path / "pruned.safetensors")
-    for loaded in (load_pruned(path), load_model(path, log=quiet)):
+    for loaded in (load_pruned(path), load_model(path, log=quiet), repvgg.model_from_checkpoint(path)):
         assert [b.out_channels for b in plain_layers(loaded)] == result.widths
         x = torch.randn(2, 1, 28, 28)
         with torch.no_grad():
-            assert torch.equal(loaded(x), result.model(x))
+            assert torch.equal(loaded.eval()(x), result.model(x))
+
+
+def test_files_with_only_per_layer_widths_still_load(tmp_path):
+    """Pruned files written before build_args recorded ``channels`` carry per-layer pruned_widths."""
+    model = repvgg.create_model("repvgg_a0", num_classes=10, in_chans=1, small_input=True, deploy=True).eval()
+    result = prune_model(model, 0.3, log=quiet)
+    result.model.build_args = dict(model.build_args)  # the old metadata: no channels
+    path = save_pruned(result, tmp_path / "old.safetensors")
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(load_pruned(path)(x), result.model(x))
+
+
+def test_se_model_prunes_its_se_at_the_same_ratio_and_reloads(tmp_path):
+    model = repvgg.create_model("repvgg_d2se", num_classes=4, channels=[16, 32, 32, 64, 64], small_input=True,
+                                deploy=True).eval()
+    result = prune_model(model, 0.5, log=quiet)
+    se = result.model.stages[3][0].se
+    assert se.reduce.in_channels == 32 and se.reduce.out_channels == 32 // 16
+    path = save_pruned(result, tmp_path / "se.safetensors")
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(repvgg.model_from_checkpoint(path).eval()(x), result.model(x))
 
 
 def test_stage_blocks_keep_one_channel_set():
@@ -101,9 +124,10 @@ def test_finetune_reduces_loss_on_a_small_set():
     ds = InMemoryDataset(images, labels, list("abcde"), mean=(0.5,) * 3, std=(0.25,) * 3, train=True, recipe_aug="none")
     model = prune_model(repvgg.reparameterize(tiny()), 0.5, multiple_of=1, log=quiet).model
     losses = []
-    finetune(model, ds, 4, lr=0.05, batch_size=16, log=losses.append)
+    # 8 epochs: 4 were on the edge (bf16 rounding, which moves with the thread count, decided it)
+    finetune(model, ds, 8, lr=0.05, batch_size=16, log=losses.append)
     values = [float(s.split("loss ")[1]) for s in losses]
-    assert len(values) == 4 and values[-1] < values[0] - 0.1
+    assert len(values) == 8 and values[-1] < values[0] - 0.3
 
 
 def test_cli_prune_fuses_and_writes_a_loadable_model(tmp_path, capsys):

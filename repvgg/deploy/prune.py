@@ -7,11 +7,14 @@ stage, which keep one channel set together (see :func:`coupled_groups`). A group
 when neither it nor a conv reading it is grouped: removing channels of a grouped conv unevenly
 would break its groups, so those are left alone, and said so.
 
-The pruned widths go into the checkpoint metadata (``pruned_widths``); :func:`load_pruned`
-rebuilds the model from the saved build args plus those widths.
+A pruned model is the zoo model at smaller per-stage widths, so its build args record them as
+``channels`` (stem, stage 1..4) and it loads like any other checkpoint
+(``repvgg.model_from_checkpoint``, ``repvgg eval``). An SE layer keeps its reduction ratio: its
+hidden units are pruned too (by the L1 norm of their reduce filters).
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -107,6 +110,9 @@ def prune_model(model: nn.Module, ratio: float, multiple_of: int = 8, log=print)
     _sync_model_attrs(model)
     widths = [b.out_channels for b in layers]
     model.pruned_widths = widths
+    if getattr(model, "build_args", None):  # what rebuilds it: the same model at the kept widths
+        args = {k: v for k, v in model.build_args.items() if k != "width"}
+        model.build_args = {**args, "channels": _stage_out_widths(model)}
     for s in skipped:
         log(f"prune: {s}")
     return PruneResult(model, widths, skipped)
@@ -155,15 +161,15 @@ def _keep_outputs(block: RepVGGBlock, keep: torch.Tensor) -> None:
     new.weight.copy_(old.weight[keep])
     new.bias.copy_(old.bias[keep])
     block.fused, block.out_channels = new, len(keep)
-    if isinstance(block.se, SqueezeExcite):  # SE sees the kept channels only
+    if isinstance(block.se, SqueezeExcite):  # SE sees the kept channels only, at its usual ratio
         se = block.se
-        reduce = _new_conv(se.reduce, len(keep), se.reduce.out_channels)
-        expand = _new_conv(se.expand, se.expand.in_channels, len(keep))
-        reduce.weight.copy_(se.reduce.weight[:, keep])
-        reduce.bias.copy_(se.reduce.bias)
-        expand.weight.copy_(se.expand.weight[keep])
-        expand.bias.copy_(se.expand.bias[keep])
-        se.reduce, se.expand = reduce, expand
+        fresh = SqueezeExcite(len(keep)).to(se.reduce.weight.dtype)
+        hidden = l1_keep(se.reduce.weight[:, keep].abs().flatten(1).sum(1), fresh.reduce.out_channels)
+        fresh.reduce.weight.copy_(se.reduce.weight[hidden][:, keep])
+        fresh.reduce.bias.copy_(se.reduce.bias[hidden])
+        fresh.expand.weight.copy_(se.expand.weight[keep][:, hidden])
+        fresh.expand.bias.copy_(se.expand.bias[keep])
+        block.se = fresh
 
 
 def _keep_inputs(block: RepVGGBlock, keep: torch.Tensor) -> None:
@@ -192,29 +198,6 @@ def _stage_out_widths(model) -> list[int]:
     return [model.stem.out_channels] + [stage[-1].out_channels for stage in model.stages]
 
 
-def resize_to_widths(model: nn.Module, widths: list[int]) -> nn.Module:
-    """Give a fresh deploy model the given per-layer widths (weights uninitialized: load them next)."""
-    layers = plain_layers(model)
-    if len(widths) != len(layers):
-        raise ValueError(f"pruned_widths has {len(widths)} entries but {model.build_args.get('name')} "
-                         f"has {len(layers)} layers")
-    in_ch = model.in_chans
-    for block, w in zip(layers, widths):
-        block.fused = _new_conv(block.fused, in_ch, int(w))
-        block.in_channels, block.out_channels = in_ch, int(w)
-        if isinstance(block.se, SqueezeExcite):
-            se = block.se
-            se.reduce = _new_conv(se.reduce, int(w), se.reduce.out_channels)
-            se.expand = _new_conv(se.expand, se.expand.in_channels, int(w))
-        in_ch = int(w)
-    fc = model.head.fc
-    if isinstance(fc, nn.Linear):
-        model.head.fc = nn.Linear(in_ch, fc.out_features)
-    _sync_model_attrs(model)
-    model.pruned_widths = [int(w) for w in widths]
-    return model
-
-
 def save_pruned(result_or_model, path: str | os.PathLike, metadata: dict | None = None):
     """Save a pruned model with its widths in the metadata, so :func:`load_pruned` can rebuild it."""
     from ..checkpoint import save_checkpoint
@@ -225,24 +208,45 @@ def save_pruned(result_or_model, path: str | os.PathLike, metadata: dict | None 
 
 
 def load_pruned(path: str | os.PathLike) -> nn.Module:
-    """Rebuild a model saved by :func:`save_pruned`: build args + pruned widths, then its weights."""
-    from ..checkpoint import CheckpointError, read_checkpoint
-    from ..factory import create_model
+    """A pruned model saved by :func:`save_pruned`, fused and in eval mode.
 
-    sd, meta = read_checkpoint(path)
-    widths, args = meta.get("pruned_widths"), meta.get("build_args")
+    Files record their per-stage widths as ``channels`` in the build args; files from before that
+    only have per-layer ``pruned_widths``, turned into per-stage channels here.
+    """
+    from ..checkpoint import CheckpointError, model_from_checkpoint, read_metadata
+
+    meta = read_metadata(path) or {}
+    args, widths = meta.get("build_args"), meta.get("pruned_widths")
     if isinstance(widths, str):
-        import json
-
         widths = json.loads(widths)
     if not widths or not isinstance(args, dict):
         raise CheckpointError(f"{path} is not a pruned repvgg checkpoint (no pruned_widths/build_args metadata)")
-    model = resize_to_widths(create_model(**args, deploy=True), widths)
+    overrides = {}
+    if "channels" not in args:
+        overrides = {"channels": _channels_from_layer_widths(args, widths, path), "width": 1.0}
     try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not match the pruned widths it records: {str(e)[:300]}") from None
-    return model.eval()
+        return model_from_checkpoint(path, deploy=True, **overrides).eval()
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: weights do not match the pruned widths it records: {e}") from None
+
+
+def _channels_from_layer_widths(args: dict, widths: list[int], path) -> list[int]:
+    """Per-layer widths (stem, then every block) -> (stem, stage 1..4) widths; a stage is uniform."""
+    from ..archs import get_arch
+    from ..checkpoint import CheckpointError
+
+    depths = get_arch(args["name"]).depths
+    if len(widths) != 1 + sum(depths):
+        raise CheckpointError(f"{path}: pruned_widths has {len(widths)} entries but {args['name']} "
+                              f"has {1 + sum(depths)} layers")
+    channels, i = [int(widths[0])], 1
+    for d in depths:
+        stage = {int(w) for w in widths[i:i + d]}
+        if len(stage) != 1:
+            raise CheckpointError(f"{path}: a stage of pruned_widths is not uniform: {sorted(stage)}")
+        channels.append(stage.pop())
+        i += d
+    return channels
 
 
 def finetune(model: nn.Module, train_ds, epochs: int, *, lr: float = 0.01, batch_size: int = 128,
