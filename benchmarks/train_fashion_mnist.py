@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 
@@ -120,6 +122,8 @@ def main() -> int:
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()] \
         if (out / "metrics.jsonl").exists() else []
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+    cfg = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").exists() else {}
+    model_desc = f"{args.model} x{cfg.get('width', 1.0):g} width" if cfg.get("width", 1.0) != 1 else args.model
     hit = next((r for r in rows if r.get("val_top1", 0) >= args.target), None)
     result = {
         "command": shlex.join(cmd), "exit_code": rc, "started": started, "wall_s": round(wall, 1),
@@ -134,8 +138,8 @@ def main() -> int:
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
     if rows:
         plot_curve(rows, stem.parent / f"{stem.name}_curve.png",
-                   f"{args.model} ({args.block}), recipe {args.recipe}: Fashion-MNIST test top-1", args.target)
-    md = [f"# Fashion-MNIST, {args.model} ({args.block} blocks), recipe `{args.recipe}`", "",
+                   f"{model_desc} ({args.block}), recipe {args.recipe}: Fashion-MNIST test top-1", args.target)
+    md = [f"# Fashion-MNIST, {model_desc} ({args.block} blocks), recipe `{args.recipe}`", "",
           f"- command: `{shlex.join(cmd)}`", f"- started {started}; wall time {wall / 60:.1f} min; exit code {rc}",
           f"- hardware: {result['hardware']}", f"- versions: {result['versions']}",
           f"- load average before/after: {load_before} / {result['load_avg_after']} (shared machine)",

@@ -183,6 +183,23 @@ def test_batch_augment_shapes_and_determinism():
     assert all(torch.equal(f, x[0]) or torch.equal(f, x[0].flip(-1)) for f in flipped)
 
 
+def test_crop_padding_bounds_the_shift():
+    """crop_padding=1: a lone bright pixel moves by at most 1 px in each direction (flip aside)."""
+    train, _, _ = build_datasets("fashion-mnist-builtin", crop_padding=1)
+    assert train.padding == 1
+    img = torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
+    img[0, 0, 10, 5] = 255
+    ds = InMemoryDataset(img.expand(200, -1, -1, -1).contiguous(), torch.zeros(200, dtype=torch.long), ["c"],
+                         mean=(0.0,), std=(1.0,), train=True, padding=1)
+    x, _ = ds.get_batch(torch.arange(200), torch.Generator().manual_seed(0))
+    rows, cols = set(), set()
+    for im in x[:, 0]:
+        r, c = divmod(int(im.argmax()), 28)
+        rows.add(r)
+        cols.add(min(c, 27 - c))  # undo a flip
+    assert rows == {9, 10, 11} and cols == {4, 5, 6}
+
+
 def _index_ds(n, train=False):
     # targets == index, so the labels show which samples a loader produced
     return InMemoryDataset(torch.zeros(n, 1, 4, 4, dtype=torch.uint8), torch.arange(n), ["c"],

@@ -73,7 +73,14 @@ def test_recipes_load_and_match_the_paper():
     assert normal["weight_decay"] == 1e-4 and normal["schedule"] == "cosine" and normal["warmup_epochs"] == 0
     assert (heavy["warmup_epochs"], heavy["epochs"], heavy["label_smoothing"], heavy["mixup"], heavy["aug"]) == \
         (5, 200, 0.1, 0.2, "autoaugment")
-    assert small["small_input"] is True
+    assert small["small_input"] is True and small["width"] == 0.5 and small["crop_padding"] == 1
+
+
+@pytest.mark.parametrize("key,value,msg", [("width", 0, "width must be"), ("crop_padding", -1, "crop_padding"),
+                                           ("crop_padding", 1.5, "crop_padding")])
+def test_bad_size_settings_are_refused(key, value, msg):
+    with pytest.raises(ValueError, match=msg):
+        resolve_config("small", {key: value})
 
 
 def test_override_precedence_and_recipe_files(tmp_path):

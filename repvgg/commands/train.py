@@ -15,6 +15,7 @@ def register(sub) -> None:
     p.add_argument("--data", help="fashion-mnist | fashion-mnist-builtin | cifar10 | cifar100 | imagefolder:PATH")
     p.add_argument("--data-dir", help="where the dataset files are")
     p.add_argument("--block", help="block variant (see `repvgg.list_blocks()`), e.g. repvgg, plain")
+    p.add_argument("--width", type=float, help="channel multiplier on the model's widths (0.5 = 1/4 compute)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="per process; lr scales with the global batch")
     p.add_argument("--lr", type=float, help="learning rate per 256 images (scaled by global batch / 256)")
@@ -66,7 +67,7 @@ def register(sub) -> None:
     d.set_defaults(func=run_demo)
 
 
-_OVERRIDE_KEYS = ("model", "data", "data_dir", "block", "epochs", "batch_size", "lr", "weight_decay",
+_OVERRIDE_KEYS = ("model", "data", "data_dir", "block", "width", "epochs", "batch_size", "lr", "weight_decay",
                   "warmup_epochs", "label_smoothing", "mixup", "aug", "image_size", "seed", "device",
                   "workers", "threads", "amp", "grad_clip", "small_input", "ema", "channels_last", "sync_bn",
                   "grad_checkpointing")

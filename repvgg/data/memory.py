@@ -27,7 +27,7 @@ class InMemoryDataset(torch.utils.data.Dataset):
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, classes: list[str], *,
                  mean, std, train: bool, recipe_aug: str = "simple",
-                 image_size: int | None = None, policy: str = "cifar10"):
+                 image_size: int | None = None, policy: str = "cifar10", padding: int | None = None):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 [N,C,H,W], got {images.dtype} {tuple(images.shape)}")
         if targets.shape != (len(images),):
@@ -36,7 +36,7 @@ class InMemoryDataset(torch.utils.data.Dataset):
         self.classes, self.mean, self.std = list(classes), tuple(mean), tuple(std)
         self.train, self.recipe_aug = train, check_recipe(recipe_aug)
         self.image_size = image_size or images.shape[-1]
-        self.padding = crop_padding(images.shape[-1])
+        self.padding = crop_padding(images.shape[-1]) if padding is None else int(padding)
         self._autoaug = autoaugment(policy) if recipe_aug == "autoaugment" else None
 
     def __len__(self) -> int:

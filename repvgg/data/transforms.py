@@ -80,7 +80,8 @@ def autoaugment(policy: str = "cifar10") -> v2.AutoAugment:
                            "svhn": v2.AutoAugmentPolicy.SVHN}[policy])
 
 
-def folder_transforms(image_size: int, recipe_aug: str, mean, std) -> tuple[v2.Compose, v2.Compose]:
+def folder_transforms(image_size: int, recipe_aug: str, mean, std,
+                      padding: int | None = None) -> tuple[v2.Compose, v2.Compose]:
     """(train, eval) per-sample PIL pipelines for ImageFolder data.
 
     The paper's simple recipe: RandomResizedCrop + flip for large images; for
@@ -92,7 +93,8 @@ def folder_transforms(image_size: int, recipe_aug: str, mean, std) -> tuple[v2.C
     small = image_size <= 64
     if small:
         resize = [v2.Resize((image_size, image_size), antialias=True)]
-        train = resize + [v2.RandomCrop(image_size, padding=crop_padding(image_size))]
+        pad = crop_padding(image_size) if padding is None else padding
+        train = resize + ([v2.RandomCrop(image_size, padding=pad)] if pad else [])
     else:
         resize = [v2.Resize(round(image_size / 0.875), antialias=True), v2.CenterCrop(image_size)]
         train = [v2.RandomResizedCrop(image_size, antialias=True)]

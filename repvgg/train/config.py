@@ -67,6 +67,12 @@ def check_config(cfg: dict) -> dict:
     for key in ("epochs", "batch_size"):
         positive(key, int)
     positive("lr")
+    cfg.setdefault("width", 1.0)  # runs saved before these settings existed
+    cfg.setdefault("crop_padding", None)
+    pad = cfg["crop_padding"]
+    if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < 0):
+        raise ValueError(f"crop_padding must be an int >= 0 or null (auto: size / 8), got {pad!r}")
+    positive("width")
     for key in ("weight_decay", "warmup_epochs", "label_smoothing", "mixup", "momentum"):
         if not isinstance(cfg[key], (int, float)) or cfg[key] < 0:
             raise ValueError(f"{key} must be a number >= 0, got {cfg[key]!r}")

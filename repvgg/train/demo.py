@@ -33,9 +33,12 @@ def _seconds_per_image(cfg: dict) -> float:
     from ..factory import create_model
     from .loop import amp_dtype
 
-    model = create_model(cfg["model"], num_classes=10, in_chans=1, small_input=cfg["small_input"])
+    model = create_model(cfg["model"], num_classes=10, in_chans=1, width=cfg["width"],
+                         small_input=cfg["small_input"])
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x, y = torch.randn(cfg["batch_size"], 1, 28, 28), torch.randint(0, 10, (cfg["batch_size"],))
+    if cfg["channels_last"]:
+        model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
     dtype = amp_dtype(cfg["amp"], torch.device("cpu"))
     times = []
     for i in range(5):
@@ -93,11 +96,12 @@ def demo(output=None, epochs: int | None = None, *, data: str = "fashion-mnist-b
     threads = _threads()
     if threads:
         torch.set_num_threads(threads)
-    print("RepVGG demo: train a multi-branch RepVGG-A0 on the built-in Fashion-MNIST subset "
-          "(6,000 train / 2,000 test images, 28x28, shipped in the package), fuse it into a plain "
-          "3x3-conv network, and check that nothing but the speed changes.\n")
     extra = dict(overrides or {})
     base = resolve_config("small", {"data": data, "threads": threads, **extra})
+    width = f" at {base['width']:g}x width" if base["width"] != 1 else ""
+    print(f"RepVGG demo: train a multi-branch {base['model']}{width} (recipe `small`) on the built-in "
+          "Fashion-MNIST subset (6,000 train / 2,000 test images, 28x28, shipped in the package), fuse "
+          "it into a plain 3x3-conv network, and check that nothing but the speed changes.\n")
     _, test_ds, info = build_datasets(data, base["data_dir"], base["image_size"])
     if epochs is None:
         per_image = _seconds_per_image(base)

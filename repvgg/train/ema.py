@@ -27,9 +27,10 @@ class ModelEma(AveragedModel):
         d = min(self.decay, (1 + n) / (10 + n)) if n > 0 else 0.0
         ema = list(self.module.state_dict().values())
         cur = list(model.state_dict().values())
+        floats = [i for i, e in enumerate(ema) if torch.is_floating_point(e)]
+        # one fused call over all float tensors instead of ~300 small ones per step
+        torch._foreach_lerp_([ema[i] for i in floats], [cur[i] for i in floats], 1 - d)
         for e, c in zip(ema, cur):
-            if torch.is_floating_point(e):
-                e.lerp_(c.detach(), 1 - d)
-            else:
+            if not torch.is_floating_point(e):
                 e.copy_(c)          # num_batches_tracked
         self.n_averaged += 1

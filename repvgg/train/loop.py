@@ -225,7 +225,8 @@ class Trainer:
 
         seed_everything(cfg["seed"], cfg["deterministic"])
         self.train_ds, self.test_ds, self.info = build_datasets(
-            cfg["data"], cfg["data_dir"], cfg["image_size"], recipe_aug=cfg["aug"])
+            cfg["data"], cfg["data_dir"], cfg["image_size"], recipe_aug=cfg["aug"],
+            crop_padding=cfg.get("crop_padding"))
         if cfg.get("train_subset"):
             self.train_ds = _subset(self.train_ds, int(cfg["train_subset"]), cfg["seed"])
             self.info.num_train = len(self.train_ds)
@@ -241,7 +242,7 @@ class Trainer:
 
         self.model = create_model(cfg["model"], num_classes=self.info.num_classes,
                                   in_chans=self.info.in_chans, block=cfg["block"],
-                                  small_input=cfg["small_input"], drop_rate=cfg["drop_rate"])
+                                  width=cfg.get("width", 1.0), small_input=cfg["small_input"], drop_rate=cfg["drop_rate"])
         if w > 1:
             torch.manual_seed(cfg["seed"] + r)     # per-rank dropout/mixup streams (DDP syncs weights)
         self.global_batch = cfg["batch_size"] * w
