@@ -3,8 +3,9 @@
 Steps: fuse (RepVGG blocks re-parameterized, any remaining conv-BN folded with torch.fx), cast,
 channels_last where it helps (oneDNN on CPU and tensor cores on GPU both prefer NHWC), then
 ``torch.compile`` with inductor freezing (weights become constants: oneDNN weight prepacking and
-conv+ReLU fusion on CPU, constant folding on GPU). Each candidate is checked against the plain
-fused fp32 model on a random batch and the first one that passes is returned.
+conv+ReLU fusion on CPU, constant folding on GPU). On CPU a plain RepVGG also gets an eager
+oneDNN form (:class:`OneDNNPlain`). Each candidate is checked against the plain fused fp32 model
+on a random batch, and the fastest that passes is returned.
 
 Reduced precision (bf16/fp16) gets only a loose check here: a deep plain net with random weights
 amplifies rounding, so a random-input tolerance says nothing about accuracy. Check top-1 on real
@@ -41,6 +42,30 @@ class InferenceModel(nn.Module):
         x = x.to(device=self.device, dtype=self.dtype).contiguous(memory_format=fmt)
         with torch.inference_mode():
             return self.impl(x)
+
+
+class OneDNNPlain(nn.Module):
+    """A fused RepVGG whose conv stack runs in oneDNN's blocked layout with prepacked weights (CPU).
+
+    Why: in eager mode every conv reorders its input into oneDNN's blocked layout and back, and
+    repacks its weights, on every call. A plain network is a single chain of conv + ReLU, so it can
+    stay blocked from the stem to the last stage; only the head sees a dense tensor again. Models
+    that are not a plain stem/stages/head chain (SE, residual networks) are refused.
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        from torch.utils import mkldnn as mkldnn_utils
+
+        if not _onednn_ok(model, dtype):
+            raise TypeError(f"the oneDNN plain form needs a fused RepVGG without SE in fp32/bf16, got {dtype}")
+        blocks = [model.stem, *(b for stage in model.stages for b in stage)]
+        convs = [nn.Sequential(b.fused, nn.ReLU(inplace=True)) for b in blocks]
+        self.features = mkldnn_utils.to_mkldnn(nn.Sequential(*convs), dtype)
+        self.head, self.dtype = model.head.to(dtype), dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x.to(self.dtype).to_mkldnn()).to_dense())
 
 
 def fuse_model(model: nn.Module) -> nn.Module:
@@ -122,16 +147,19 @@ def optimize_for_inference(
     tol = (TF32_TOL if tf32 else FP32_TOL) if dtype == torch.float32 else REDUCED_TOL
 
     failures, passed = [], []
-    for use_compile, cl in _candidates(channels_last, compile):
-        fmt = torch.channels_last if cl else torch.contiguous_format
-        impl = copy.deepcopy(ref).to(dtype=dtype, memory_format=fmt)
-        if use_compile:
-            impl = compile_for_inference(impl, device)
+    for kind, cl in _candidates(channels_last, compile, onednn=device.type == "cpu" and _onednn_ok(ref, dtype)):
         info = dict(device=str(device), dtype=str(dtype).removeprefix("torch."), channels_last=cl,
-                    compiled=use_compile, freezing=use_compile, tolerance=tol)
-        candidate = InferenceModel(impl, device, dtype, cl, info)
-        name = f"{'compiled' if use_compile else 'eager'}{', channels_last' if cl else ''}"
+                    compiled=kind == "compiled", freezing=kind == "compiled", onednn_plain=kind == "onednn",
+                    tolerance=tol)
+        name = "eager oneDNN blocked" if kind == "onednn" else f"{kind}{', channels_last' if cl else ''}"
         try:
+            if kind == "onednn":
+                impl = OneDNNPlain(copy.deepcopy(ref), dtype)
+            else:
+                impl = copy.deepcopy(ref).to(dtype=dtype, memory_format=torch.channels_last if cl else torch.contiguous_format)
+                if kind == "compiled":
+                    impl = compile_for_inference(impl, device)
+            candidate = InferenceModel(impl, device, dtype, cl, info)
             err = _rel_err(candidate(x), expected)
         except Exception as e:  # e.g. no C++ compiler for inductor: fall back to eager
             failures.append(f"{name}: {type(e).__name__}: {e}"[:500])
@@ -148,11 +176,23 @@ def optimize_for_inference(
     return _fastest(passed, x, device)
 
 
-def _candidates(channels_last: bool | None, compile: bool) -> list[tuple[bool, bool]]:
-    """(compile, channels_last) pairs to try: NHWC is what oneDNN and tensor cores prefer, so a
-    compiled NCHW form is not worth its compile time; eager NCHW stays as a safe fallback."""
+def _candidates(channels_last: bool | None, compile: bool, onednn: bool = False) -> list[tuple[str, bool]]:
+    """(kind, channels_last) pairs to try, kind in compiled/eager/onednn. NHWC is what oneDNN and
+    tensor cores prefer, so a compiled NCHW form is not worth its compile time; eager NCHW stays as
+    a safe fallback; the oneDNN blocked form has a layout of its own."""
     layouts = [True, False] if channels_last is None else [channels_last]
-    return ([(True, layouts[0])] if compile else []) + [(False, cl) for cl in layouts]
+    return ([("compiled", layouts[0])] if compile else []) + [("eager", cl) for cl in layouts] + (
+        [("onednn", False)] if onednn and channels_last is None else [])
+
+
+def _onednn_ok(model: nn.Module, dtype: torch.dtype) -> bool:
+    """Whether :class:`OneDNNPlain` applies: a plain fused RepVGG without SE, dtype oneDNN runs."""
+    if not torch.backends.mkldnn.is_available() or dtype not in (torch.float32, torch.bfloat16):
+        return False
+    if not all(hasattr(model, a) for a in ("stem", "stages", "head")):
+        return False
+    blocks = [model.stem, *(b for stage in model.stages for b in stage)]
+    return all(isinstance(b, RepVGGBlock) and b.deploy and isinstance(b.se, nn.Identity) for b in blocks)
 
 
 def _fastest(candidates: list[InferenceModel], x: torch.Tensor, device: torch.device, batches: int = 3):

@@ -20,11 +20,30 @@ def test_fp32_eager_matches_fused_model():
     opt = optimize_for_inference(model, compile=False, example_shape=(2, 3, 32, 32))
     info = opt.optimize_info
     assert not info["compiled"] and info["max_rel_err"] <= optimize.FP32_TOL
-    assert len(info["selected_from"]) == 1  # eager NHWC and NCHW were both verified, the faster kept
+    # eager NHWC, eager NCHW and the oneDNN blocked form were all verified, the fastest kept
+    verified = [info] + info["selected_from"]
+    assert len(verified) == (3 if torch.backends.mkldnn.is_available() else 2)
+    assert all(i["max_rel_err"] <= optimize.FP32_TOL for i in verified)
     assert any(hasattr(m, "conv3x3") for m in model.modules())  # the input model is left as it was
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         assert rel_err(opt(x), model(x)) < 1e-4
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN")
+def test_onednn_plain_form_matches_and_refuses_what_it_cannot_run():
+    model = randomize_bn_(repvgg.create_model("repvgg_a0", num_classes=7, in_chans=1, width=0.25,
+                                              small_input=True)).eval()
+    fused = repvgg.reparameterize(model)
+    blocked = optimize.OneDNNPlain(fused, torch.float32)
+    x = torch.randn(3, 1, 20, 20)
+    with torch.no_grad():
+        assert rel_err(blocked(x), fused(x)) < 1e-5
+    with pytest.raises(TypeError, match="fused RepVGG without SE"):
+        optimize.OneDNNPlain(model, torch.float32)  # not fused
+    se = repvgg.create_model("repvgg_d2se", num_classes=3, channels=[8, 8, 8, 16, 16], deploy=True).eval()
+    with pytest.raises(TypeError, match="fused RepVGG without SE"):
+        optimize.OneDNNPlain(se, torch.float32)
 
 
 def test_compiled_with_freezing():
