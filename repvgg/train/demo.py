@@ -1,7 +1,7 @@
 """`repvgg demo`: train a small RepVGG on the built-in data, fuse it, show nothing changed but speed.
 
 The training is sized to a time budget on the machine it runs on: a few timed steps estimate
-the cost per image, and the demo trains as many epochs (1-8) as fit in about 2 minutes with
+the cost per image, and the demo trains as many epochs (1-16) as fit in about 2 minutes with
 their evaluations (see `plan`), so it ends in minutes on a 2-core laptop and does more on a
 bigger machine.
 """
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 BUDGET_S = 120.0          # training + evaluation time the demo aims for (leaves room for a busy machine)
-MAX_EPOCHS = 8
+MAX_EPOCHS = 16
 
 
 def _threads() -> int | None:
