@@ -288,13 +288,12 @@ def run_ablation(output, model: str = "repvgg_a0", data: str = "fashion-mnist", 
     variants = parse_variants(variants)
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 8:
-        raise ValueError(f"--width must be in (0, 8], got {width}")
-    try:
-        resize_arch(ARCHS[canonical_name(model)], width)
+    name = canonical_name(model)
+    try:  # fail before any run starts, naming the flag
+        resize_arch(ARCHS[name], width)
     except ValueError as e:
         raise ValueError(f"--width {width}: {e}") from None
-    base = {**(overrides or {}), "model": canonical_name(model), "width": width, "data": data}
+    base = {**(overrides or {}), "model": name, "width": width, "data": data}
     if epochs is not None:
         base["epochs"] = epochs
     out.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,17 @@ def stage_schedule(num_stages: int, small_input: bool, output_stride: int) -> li
     return schedule
 
 
+def chain_blocks(model: nn.Module) -> list[nn.Module]:
+    """The stem, then every stage block, in the order data flows through them.
+
+    For a fused RepVGG this is the whole plain conv chain (pruning and the oneDNN inference form
+    walk it); a model without ``stem``/``stages`` has no such chain and gets ``[]``.
+    """
+    if not hasattr(model, "stem") or not hasattr(model, "stages"):
+        return []
+    return [model.stem, *(b for stage in model.stages for b in stage)]
+
+
 class RepVGG(nn.Module):
     def __init__(
         self,

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from .blocks import RepVGGBlock
+from .model import chain_blocks
 from .reparam import reparameterize
 
 FP32_TOL = 1e-4  # relative max error; TF32 convs on GPU get TF32_TOL
@@ -59,8 +60,7 @@ class OneDNNPlain(nn.Module):
 
         if not _onednn_ok(model, dtype):
             raise TypeError(f"the oneDNN plain form needs a fused RepVGG without SE in fp32/bf16, got {dtype}")
-        blocks = [model.stem, *(b for stage in model.stages for b in stage)]
-        convs = [nn.Sequential(b.fused, nn.ReLU(inplace=True)) for b in blocks]
+        convs = [nn.Sequential(b.fused, nn.ReLU(inplace=True)) for b in chain_blocks(model)]
         self.features = mkldnn_utils.to_mkldnn(nn.Sequential(*convs), dtype)
         self.head, self.dtype = model.head.to(dtype), dtype
 
@@ -189,10 +189,9 @@ def _onednn_ok(model: nn.Module, dtype: torch.dtype) -> bool:
     """Whether :class:`OneDNNPlain` applies: a plain fused RepVGG without SE, dtype oneDNN runs."""
     if not torch.backends.mkldnn.is_available() or dtype not in (torch.float32, torch.bfloat16):
         return False
-    if not all(hasattr(model, a) for a in ("stem", "stages", "head")):
-        return False
-    blocks = [model.stem, *(b for stage in model.stages for b in stage)]
-    return all(isinstance(b, RepVGGBlock) and b.deploy and isinstance(b.se, nn.Identity) for b in blocks)
+    blocks = chain_blocks(model)
+    return bool(blocks) and hasattr(model, "head") and all(
+        isinstance(b, RepVGGBlock) and b.deploy and isinstance(b.se, nn.Identity) for b in blocks)
 
 
 def _fastest(candidates: list[InferenceModel], x: torch.Tensor, device: torch.device, batches: int = 3):

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..blocks import RepVGGBlock, SqueezeExcite
+from ..model import chain_blocks
 
 
 @dataclass
@@ -36,7 +37,7 @@ def plain_layers(model: nn.Module) -> list[RepVGGBlock]:
     """The fused blocks in the order data flows through them: stem, then every stage block."""
     if not hasattr(model, "stem") or not hasattr(model, "stages") or not hasattr(model, "head"):
         raise ValueError("pruning needs a RepVGG classifier (stem, stages, head)")
-    layers = [model.stem] + [b for stage in model.stages for b in stage]
+    layers = chain_blocks(model)
     if not all(isinstance(b, RepVGGBlock) for b in layers):
         raise ValueError("pruning handles plain RepVGG models only (not residual/other block types)")
     if not all(b.deploy for b in layers):
