@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from repvgg.data import (FastLoader, InMemoryDataset, batch_augment, build_datasets, build_loader,
-                         read_idx, write_idx)
+from repvgg.data import (FastLoader, InMemoryDataset, batch_augment, batch_erase, build_datasets, build_loader,
+                         folder_transforms, read_idx, write_idx)
 from repvgg.data import fashion_mnist as fm
 
 
@@ -198,6 +198,39 @@ def test_crop_padding_bounds_the_shift():
         rows.add(r)
         cols.add(min(c, 27 - c))  # undo a flip
     assert rows == {9, 10, 11} and cols == {4, 5, 6}
+
+
+def test_random_erasing_blanks_one_rectangle_per_erased_image():
+    g = torch.Generator().manual_seed(0)
+    x = torch.ones(400, 2, 20, 30)
+    out = batch_erase(x.clone(), 0.5, g)
+    erased = out[:, 0] == 0
+    assert torch.equal(erased, out[:, 1] == 0)           # same rectangle in every channel
+    hit = erased.flatten(1).any(1)
+    assert 0.4 < hit.float().mean() < 0.6                 # probability p
+    for mask in erased[hit]:
+        rows, cols = mask.any(1).nonzero().ravel(), mask.any(0).nonzero().ravel()
+        h, w = len(rows), len(cols)
+        assert rows[-1] - rows[0] + 1 == h and cols[-1] - cols[0] + 1 == w and mask.sum() == h * w  # a rectangle
+        assert 0.02 * 600 * 0.5 <= h * w <= 0.33 * 600 * 1.5  # area in scale (rounding aside)
+    again = batch_erase(x.clone(), 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)                         # seeded: resumable runs stay exact
+    assert torch.equal(batch_erase(x.clone(), 0.0, g), x)
+    with pytest.raises(ValueError, match="probability"):
+        batch_erase(x, 1.5, g)
+
+
+def test_random_erasing_only_in_training():
+    train, test, _ = build_datasets("fashion-mnist-builtin", erasing=1.0)
+    idx = torch.arange(64)
+    xt, _ = train.get_batch(idx, torch.Generator().manual_seed(0))
+    xe, _ = test.get_batch(idx)
+    assert (xt == 0).flatten(1).sum(1).min() > 0           # every training image has an erased patch
+    ref, _ = build_datasets("fashion-mnist-builtin")[1].get_batch(idx)
+    assert torch.equal(xe, ref)
+    tf, ev = folder_transforms(32, "simple", (0.5,) * 3, (0.5,) * 3, erasing=0.25)
+    assert type(tf.transforms[-1]).__name__ == "RandomErasing" and tf.transforms[-1].p == 0.25
+    assert not any(type(t).__name__ == "RandomErasing" for t in ev.transforms)
 
 
 def _index_ds(n, train=False):

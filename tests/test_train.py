@@ -77,7 +77,9 @@ def test_recipes_load_and_match_the_paper():
 
 
 @pytest.mark.parametrize("key,value,msg", [("width", 0, "width must be"), ("crop_padding", -1, "crop_padding"),
-                                           ("crop_padding", 1.5, "crop_padding")])
+                                           ("crop_padding", 1.5, "crop_padding"),
+                                           ("random_erasing", 1.5, "random_erasing"),
+                                           ("random_erasing", True, "random_erasing")])
 def test_bad_size_settings_are_refused(key, value, msg):
     with pytest.raises(ValueError, match=msg):
         resolve_config("small", {key: value})

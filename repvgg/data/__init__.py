@@ -9,11 +9,11 @@ from .cifar import load_cifar
 from .fashion_mnist import read_idx, write_idx
 from .imagefolder import SafeImageFolder, SkipBadLoader, check_imagefolder, collate_skip_none
 from .memory import FastLoader, InMemoryDataset
-from .transforms import AUG_RECIPES, STATS, batch_augment, normalize_batch
+from .transforms import AUG_RECIPES, STATS, batch_augment, batch_erase, folder_transforms, normalize_batch
 
 __all__ = [
     "SUPPORTED", "AUG_RECIPES", "STATS", "DataInfo", "build_datasets", "build_loader",
     "load_cifar", "read_idx", "write_idx", "SafeImageFolder", "SkipBadLoader",
     "check_imagefolder", "collate_skip_none", "FastLoader", "InMemoryDataset",
-    "batch_augment", "normalize_batch",
+    "batch_augment", "batch_erase", "folder_transforms", "normalize_batch",
 ]

@@ -36,11 +36,12 @@ class DataInfo:
 
 
 def _in_memory(name, x_tr, y_tr, x_te, y_te, classes, *, source, origin, image_size,
-               recipe_aug, policy, crop_padding=None):
+               recipe_aug, policy, crop_padding=None, erasing=0.0):
     mean, std = STATS[name]
     size = image_size or x_tr.shape[-1]
     kw = dict(mean=mean, std=std, recipe_aug=recipe_aug, image_size=size, policy=policy)
-    train = InMemoryDataset(x_tr, y_tr, classes, train=True, padding=crop_padding, **kw)
+    train = InMemoryDataset(x_tr, y_tr, classes, train=True, padding=crop_padding,
+                           erasing=erasing, **kw)
     test = InMemoryDataset(x_te, y_te, classes, train=False, **kw)
     info = DataInfo(name, len(classes), x_tr.shape[1], list(classes), size, x_tr.shape[-1],
                     source, origin, mean, std, recipe_aug, True, len(train), len(test))
@@ -48,7 +49,8 @@ def _in_memory(name, x_tr, y_tr, x_te, y_te, classes, *, source, origin, image_s
 
 
 def build_datasets(spec: str, data_dir: str | None = None, image_size: int | None = None,
-                   recipe_aug: str = "simple", crop_padding: int | None = None) -> tuple[Dataset, Dataset, DataInfo]:
+                   recipe_aug: str = "simple", crop_padding: int | None = None,
+                   erasing: float = 0.0) -> tuple[Dataset, Dataset, DataInfo]:
     """Resolve a `--data` spec to (train_ds, test_ds, info).
 
     Specs: 'fashion-mnist' (data_dir, else the Debian files in
@@ -58,7 +60,8 @@ def build_datasets(spec: str, data_dir: str | None = None, image_size: int | Non
     'imagefolder' alone uses data_dir as PATH). recipe_aug: 'simple' | 'autoaugment' | 'none'.
     Datasets yield normalized float32 images and int64 labels; use build_loader
     to iterate (fast batched path for in-memory data). crop_padding: pixels of zero padding
-    for the random crop of small images (None: size / 8, the CIFAR 4 px).
+    for the random crop of small images (None: size / 8, the CIFAR 4 px). erasing: probability
+    of random erasing per training image (0: off).
     """
     check_recipe(recipe_aug)
     name, _, arg = spec.strip().partition(":")
@@ -73,19 +76,21 @@ def build_datasets(spec: str, data_dir: str | None = None, image_size: int | Non
         return _in_memory("fashion-mnist", *fashion_mnist.load_split(folder, "train"),
                           *fashion_mnist.load_split(folder, "test"), fashion_mnist.CLASSES,
                           source=str(folder), origin=origin, image_size=image_size,
-                          recipe_aug=recipe_aug, policy="cifar10", crop_padding=crop_padding)
+                          recipe_aug=recipe_aug, policy="cifar10", crop_padding=crop_padding,
+                          erasing=erasing)
     if name in cifar.LAYOUTS:
         d = cifar.load_cifar(name, data_dir)
         return _in_memory(name, d["x_train"], d["y_train"], d["x_test"], d["y_test"], d["classes"],
                           source=d["source"], origin="data_dir", image_size=image_size,
-                          recipe_aug=recipe_aug, policy="cifar10", crop_padding=crop_padding)
+                          recipe_aug=recipe_aug, policy="cifar10", crop_padding=crop_padding,
+                          erasing=erasing)
     if name == "imagefolder":
         root = arg or data_dir
         if not root:
             raise ValueError("imagefolder needs a path: 'imagefolder:PATH' (PATH/train, PATH/val)")
         size = image_size or 224
         mean, std = STATS["imagenet"]
-        train_tf, eval_tf = folder_transforms(size, recipe_aug, mean, std, crop_padding)
+        train_tf, eval_tf = folder_transforms(size, recipe_aug, mean, std, crop_padding, erasing)
         train, test, classes = build_imagefolder(root, train_tf, eval_tf)
         info = DataInfo("imagefolder", len(classes), 3, classes, size, 224, str(root), "data_dir",
                         mean, std, recipe_aug, False, len(train), len(test))

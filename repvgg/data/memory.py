@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .transforms import autoaugment, batch_augment, check_recipe, crop_padding, normalize_batch
+from .transforms import autoaugment, batch_augment, batch_erase, check_recipe, crop_padding, normalize_batch
 
 
 class InMemoryDataset(torch.utils.data.Dataset):
@@ -22,12 +22,14 @@ class InMemoryDataset(torch.utils.data.Dataset):
     - `ds[i]`: per-sample path for a standard torch DataLoader.
     Both return normalized float32 images ([C,S,S], S = image_size) and int64 labels.
     Augmentation only when `train`: 'simple' = padded random crop + flip,
-    'autoaugment' = that + AutoAugment per sample, 'none' = nothing.
+    'autoaugment' = that + AutoAugment per sample, 'none' = nothing; then, if
+    `erasing` > 0, random erasing with that probability (after normalization).
     """
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, classes: list[str], *,
                  mean, std, train: bool, recipe_aug: str = "simple",
-                 image_size: int | None = None, policy: str = "cifar10", padding: int | None = None):
+                 image_size: int | None = None, policy: str = "cifar10", padding: int | None = None,
+                 erasing: float = 0.0):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 [N,C,H,W], got {images.dtype} {tuple(images.shape)}")
         if targets.shape != (len(images),):
@@ -38,6 +40,9 @@ class InMemoryDataset(torch.utils.data.Dataset):
         self.image_size = image_size or images.shape[-1]
         self.padding = crop_padding(images.shape[-1]) if padding is None else int(padding)
         self._autoaug = autoaugment(policy) if recipe_aug == "autoaugment" else None
+        if not 0.0 <= erasing <= 1.0:
+            raise ValueError(f"random erasing probability must be in [0, 1], got {erasing}")
+        self.erasing = float(erasing)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -54,19 +59,24 @@ class InMemoryDataset(torch.utils.data.Dataset):
                 x = torch.stack([self._autoaug(img) for img in x])
         return x
 
+    def _erase(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        if not self.train or self.recipe_aug == "none":
+            return x
+        return batch_erase(x, self.erasing, generator)
+
     def get_batch(self, idx: torch.Tensor, generator: torch.Generator | None = None,
                   device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Images [B,C,S,S] float32 (normalized) and labels [B] int64 for indices `idx`."""
         x, y = self.images[idx], self.targets[idx]
         if device is not None:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        x = self._augment(x, generator)
-        return normalize_batch(x, self.mean, self.std, self.image_size), y
+        x = normalize_batch(self._augment(x, generator), self.mean, self.std, self.image_size)
+        return self._erase(x, generator), y
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         i = range(len(self))[i]                  # bounds check, negative indices
-        x = self._augment(self.images[i:i + 1], None)
-        return normalize_batch(x, self.mean, self.std, self.image_size)[0], int(self.targets[i])
+        x = normalize_batch(self._augment(self.images[i:i + 1], None), self.mean, self.std, self.image_size)
+        return self._erase(x, None)[0], int(self.targets[i])
 
 
 class FastLoader:

@@ -72,6 +72,10 @@ def check_config(cfg: dict) -> dict:
     pad = cfg["crop_padding"]
     if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < 0):
         raise ValueError(f"crop_padding must be an int >= 0 or null (auto: size / 8), got {pad!r}")
+    cfg.setdefault("random_erasing", 0.0)
+    erase = cfg["random_erasing"]
+    if isinstance(erase, bool) or not isinstance(erase, (int, float)) or not 0 <= erase <= 1:
+        raise ValueError(f"random_erasing must be a probability in [0, 1], got {erase!r}")
     positive("width")
     for key in ("weight_decay", "warmup_epochs", "label_smoothing", "mixup", "momentum"):
         if not isinstance(cfg[key], (int, float)) or cfg[key] < 0:

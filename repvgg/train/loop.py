@@ -226,7 +226,7 @@ class Trainer:
         seed_everything(cfg["seed"], cfg["deterministic"])
         self.train_ds, self.test_ds, self.info = build_datasets(
             cfg["data"], cfg["data_dir"], cfg["image_size"], recipe_aug=cfg["aug"],
-            crop_padding=cfg.get("crop_padding"))
+            crop_padding=cfg.get("crop_padding"), erasing=cfg.get("random_erasing", 0.0))
         if cfg.get("train_subset"):
             self.train_ds = _subset(self.train_ds, int(cfg["train_subset"]), cfg["seed"])
             self.info.num_train = len(self.train_ds)
