@@ -194,7 +194,7 @@ def _strip_prefixes(sd: dict) -> dict:
 
 def _parse_metadata(raw: Mapping) -> dict:
     meta = dict(raw)
-    for key in ("build_args", "deployed"):
+    for key in ("build_args", "deployed", "int8"):
         if isinstance(meta.get(key), str):
             try:
                 meta[key] = json.loads(meta[key])
@@ -391,6 +391,9 @@ def model_from_checkpoint(path: str | PathLike, **overrides) -> nn.Module:
     from .factory import create_model
 
     sd, meta = read_checkpoint(path)
+    if meta.get("int8"):
+        raise CheckpointError(f"{path} holds an INT8 program (fp32 weights + calibration statistics), not a model "
+                              "checkpoint; load it with repvgg.deploy.quantize_pt2e.load_int8")
     ours, _ = normalize_state_dict(sd, str(path))
     args = build_args_for(ours, meta, str(path))
     deploy = overrides.pop("deploy", _is_deploy_form(ours))

@@ -64,7 +64,7 @@ def test_cli_quantize_reports_side_by_side(tmp_path, a0_deploy_ckpt, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--data", "cifar10", "--data-dir", "/nonexistent/cifar"], "cifar"),
     (["--data", "fashion-mnist-builtin", "--calib-batches", "0"], "--calib-batches must be >= 1"),
-    (["--data", "fashion-mnist-builtin", "--method", "torch"], "torchao"),
+    (["--data", "fashion-mnist-builtin", "--method", "torch", "--calibrate", "entropy"], "--method ort only"),
     (["--data", "fashion-mnist-builtin", "--method", "tensorrt"], "supported: ort, torch"),
 ])
 def test_cli_quantize_bad_input(tmp_path, a0_deploy_ckpt, capsys, argv, message):
@@ -72,3 +72,88 @@ def test_cli_quantize_bad_input(tmp_path, a0_deploy_ckpt, capsys, argv, message)
     rc = main(["quantize", "--checkpoint", str(a0_deploy_ckpt), "--image-size", "16", "--out", str(out), *argv])
     assert rc == 2 and message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ PT2E (torchao), --method torch
+def small_a0():
+    m = repvgg.create_model("repvgg_a0", width=0.25, num_classes=5, in_chans=3, small_input=True)
+    return repvgg.reparameterize(randomize_bn_(m)).eval()
+
+
+def test_pt2e_file_is_safetensors_and_rebuilds_the_same_int8_program(tmp_path):
+    pytest.importorskip("torchao")
+    from safetensors import safe_open
+
+    from repvgg.deploy.quantize_pt2e import OBSERVERS, load_int8
+
+    model = small_a0()
+    g = torch.Generator().manual_seed(0)
+    calib = [torch.randn(8, 3, 16, 16, generator=g) for _ in range(2)]
+    out = tmp_path / "a0.int8.safetensors"
+    report = quantize_model(model, out, calib, method="torch")
+    assert report.method == "torch" and report.calib_images == 16
+    with safe_open(str(out), "pt") as f:                 # plain tensors + JSON metadata: nothing to unpickle
+        keys, meta = set(f.keys()), f.metadata()
+    assert set(model.state_dict()) < keys and any(k.startswith(OBSERVERS) for k in keys)
+    assert '"pt2e-x86-inductor"' in meta["int8"]
+    a, b = load_int8(out), load_int8(out)
+    x = torch.randn(5, 3, 16, 16, generator=g)           # another batch size: the batch dimension is dynamic
+    with torch.no_grad():
+        qa, qb, ref = a(x), b(x), model(x)
+    assert torch.equal(qa, qb)                            # deterministic rebuild
+    assert not torch.equal(qa, ref)                       # it is quantized...
+    assert np.corrcoef(qa.ravel(), ref.ravel())[0, 1] > 0.95  # ...but the same function
+
+
+def test_pt2e_rejects_foreign_or_tampered_files(tmp_path):
+    pytest.importorskip("torchao")
+    from safetensors.torch import load_file, save_file
+
+    from repvgg.checkpoint import CheckpointError
+    from repvgg.deploy.quantize_pt2e import OBSERVERS, load_int8
+
+    plain = tmp_path / "plain.safetensors"
+    save_checkpoint(small_a0(), plain)
+    with pytest.raises(CheckpointError, match="not an INT8 file"):
+        load_int8(plain)
+    out = tmp_path / "q.safetensors"
+    quantize_model(small_a0(), out, [torch.randn(4, 3, 16, 16)], method="torch")
+    with pytest.raises(CheckpointError, match="load_int8"):  # not mistaken for a model checkpoint
+        repvgg.model_from_checkpoint(out)
+    from safetensors import safe_open
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    sd = load_file(str(out))
+    dropped = next(k for k in sd if k.startswith(OBSERVERS))
+    del sd[dropped]
+    save_file(sd, str(out), metadata=meta)
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_int8(out)
+    with pytest.raises(ValueError, match="create_model"):
+        quantize_model(repvgg.reparameterize(tiny()), tmp_path / "t.safetensors", [torch.randn(2, 3, 16, 16)],
+                       method="torch")
+    assert not (tmp_path / "t.safetensors").exists()
+
+
+def test_cli_quantize_torch_reports_side_by_side(tmp_path, capsys):
+    pytest.importorskip("torchao")
+    ckpt = tmp_path / "a0.safetensors"
+    m = repvgg.create_model("repvgg_a0", width=0.25, num_classes=10, in_chans=1, small_input=True)
+    save_checkpoint(repvgg.reparameterize(randomize_bn_(m)), ckpt)
+    rc = main(["quantize", "--checkpoint", str(ckpt), "--data", "fashion-mnist-builtin", "--image-size", "16",
+               "--method", "torch", "--calib-batches", "1", "--batch-size", "16", "--eval-images", "40",
+               "--repeats", "2"])
+    text = capsys.readouterr().out
+    assert rc == 0 and (tmp_path / "a0.int8.safetensors").is_file()
+    assert "PT2E" in text and "top-1  fp32" in text
+    assert "speed-up" in text or "speed not measured" in text
+
+
+def test_cli_quantize_torch_without_torchao_says_how_to_get_it(tmp_path, a0_deploy_ckpt, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchao.quantization.pt2e", None)  # import fails as if not installed
+    out = tmp_path / "q.safetensors"
+    rc = main(["quantize", "--checkpoint", str(a0_deploy_ckpt), "--data", "fashion-mnist-builtin",
+               "--method", "torch", "--out", str(out)])
+    assert rc == 2 and "pip install" in capsys.readouterr().err and not out.exists()

@@ -27,17 +27,20 @@ def register(sub) -> None:
     e.add_argument("--tolerance", type=float, default=TOLERANCE, help="max relative error vs PyTorch")
     e.set_defaults(func=run_export)
 
-    q = sub.add_parser("quantize", help="INT8 ONNX model (onnxruntime static QDQ), fp32 vs INT8 top-1 and speed",
+    q = sub.add_parser("quantize", help="INT8 model (onnxruntime QDQ or PyTorch PT2E), fp32 vs INT8 top-1 and speed",
                        description="Post-training INT8 quantization calibrated on training images, then fp32 vs "
-                                   "INT8 top-1 on the test split and CPU speed (onnxruntime), side by side.")
-    _common(q, "INT8 .onnx file (default: CHECKPOINT.int8.onnx)")
+                                   "INT8 top-1 on the test split and CPU speed side by side (onnxruntime for "
+                                   "--method ort, torch.compile for --method torch).")
+    _common(q, "INT8 file (default: CHECKPOINT.int8.onnx; --method torch: CHECKPOINT.int8.safetensors)")
     q.add_argument("--data", required=True, help="fashion-mnist | fashion-mnist-builtin | cifar10 | cifar100 | imagefolder:PATH")
     q.add_argument("--data-dir")
     q.add_argument("--image-size", type=int, help="resize the data (default: the checkpoint's training size)")
     q.add_argument("--calib-batches", type=int, default=8, help="training batches for calibration (default 8)")
     q.add_argument("--batch-size", type=int, default=64, help="calibration / evaluation / timing batch")
-    q.add_argument("--method", default="ort", help="ort (onnxruntime) | torch (PT2E, needs torchao)")
-    q.add_argument("--calibrate", default="minmax", help="minmax | percentile | entropy")
+    q.add_argument("--method", default="ort", help="ort (onnxruntime static QDQ) | torch (PT2E with the X86 "
+                                                  "Inductor quantizer, needs torchao: pip install 'repvgg[int8]')")
+    q.add_argument("--calibrate", help="--method ort: minmax (default) | percentile | entropy; "
+                                       "--method torch uses the quantizer's histogram observers")
     q.add_argument("--fp32-out", help="also keep the verified fp32 .onnx here")
     q.add_argument("--eval-images", type=int, help="evaluate on the first N test images (default: all)")
     q.add_argument("--repeats", type=int, default=20, help="timing repeats (median)")
@@ -123,23 +126,38 @@ def run_quantize(args) -> int:
 
     if args.method not in METHODS:
         raise ValueError(f"unknown --method {args.method!r}; supported: {', '.join(METHODS)}")
-    if args.calibrate not in CALIBRATION:
-        raise ValueError(f"unknown --calibrate {args.calibrate!r}; supported: {', '.join(CALIBRATION)}")
+    if args.method == "torch":
+        from ..deploy.quantize_pt2e import require_torchao
+
+        require_torchao()
+        for flag, value in (("--calibrate", args.calibrate), ("--fp32-out", args.fp32_out)):
+            if value is not None:
+                raise ValueError(f"{flag} applies to --method ort only")
+    calibrate = args.calibrate or "minmax"
+    if calibrate not in CALIBRATION:
+        raise ValueError(f"unknown --calibrate {calibrate!r}; supported: {', '.join(CALIBRATION)}")
     if args.calib_batches < 1:
         raise ValueError(f"--calib-batches must be >= 1, got {args.calib_batches}")
-    out = Path(args.out) if args.out else _default_out(args.checkpoint, ".int8.onnx")
+    suffix = ".int8.onnx" if args.method == "ort" else ".int8.safetensors"
+    out = Path(args.out) if args.out else _default_out(args.checkpoint, suffix)
     model = load_model(args.checkpoint, args.model, args.num_classes)
     train_ds, test_ds, info = _datasets(args, model)
     calib = calibration_batches(train_ds, args.batch_size, args.calib_batches)
-    import tempfile
+    test_loader = _test_loader(test_ds, args.batch_size, args.eval_images)
+    if args.method == "torch":
+        from ..deploy.quantize_pt2e import compare_pt2e
 
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(args.fp32_out) if args.fp32_out else Path(tmp) / "fp32.onnx"
-        report = quantize_model(model, out, calib, method=args.method, calibrate=args.calibrate, fp32_out=fp32)
-        res = compare(fp32, out, _test_loader(test_ds, args.batch_size, args.eval_images),
-                      bench_batch=calib[0], repeats=args.repeats)
+        report = quantize_model(model, out, calib, method="torch")
+        res = compare_pt2e(model, out, calib[0], test_loader, repeats=args.repeats)
+    else:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = Path(args.fp32_out) if args.fp32_out else Path(tmp) / "fp32.onnx"
+            report = quantize_model(model, out, calib, method="ort", calibrate=calibrate, fp32_out=fp32)
+            res = compare(fp32, out, test_loader, bench_batch=calib[0], repeats=args.repeats)
     report.fp32_top1, report.int8_top1 = res["fp32_top1"], res["int8_top1"]
-    report.fp32_ms, report.int8_ms, report.batch_size = res["fp32_ms"], res["int8_ms"], len(calib[0])
+    report.fp32_ms, report.int8_ms, report.batch_size = res.get("fp32_ms"), res.get("int8_ms"), len(calib[0])
     print(report.summary())
     return 0
 

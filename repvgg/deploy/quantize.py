@@ -6,8 +6,8 @@ training images. Plain RepVGG still loses accuracy here because its post-sum act
 wide; the ``block="qa"`` (QARepVGG) variant is the architectural fix, measured in
 benchmarks/deploy_int8.py.
 
-PyTorch's own PT2E/X86 flow moved out of torch into ``torchao`` in recent releases; ``method="torch"``
-uses it when torchao is installed and says so clearly when it is not.
+``method="torch"`` is PyTorch's own PT2E/X86 Inductor flow instead (it lives in ``torchao`` in recent
+releases; see quantize_pt2e.py), written as a safetensors file rather than an .onnx.
 """
 from __future__ import annotations
 
@@ -37,18 +37,22 @@ class QuantReport:
     int8_ms: float | None = None
     batch_size: int = 0
     calib_images: int = 0
+    method: str = "ort"
 
     @property
     def speedup(self) -> float | None:
         return self.fp32_ms / self.int8_ms if self.fp32_ms and self.int8_ms else None
 
     def summary(self) -> str:
-        lines = [f"wrote {self.path} (INT8 QDQ, per-channel weights; calibrated on {self.calib_images} images)"]
+        what = ("INT8 QDQ ONNX" if self.method == "ort" else "INT8 PT2E/X86 program: fused weights + calibrated "
+                "ranges, load with repvgg.deploy.quantize_pt2e.load_int8")
+        runtime = "onnxruntime" if self.method == "ort" else "torch.compile"
+        lines = [f"wrote {self.path} ({what}, per-channel weights; calibrated on {self.calib_images} images)"]
         if self.fp32_top1 is not None:
             lines.append(f"top-1  fp32 {self.fp32_top1:.2f}%  int8 {self.int8_top1:.2f}%  "
                          f"(drop {self.fp32_top1 - self.int8_top1:+.2f} points)")
         if self.fp32_ms is not None:
-            lines.append(f"CPU (onnxruntime, batch {self.batch_size}, median)  fp32 {self.fp32_ms:.2f} ms  "
+            lines.append(f"CPU ({runtime}, batch {self.batch_size}, median)  fp32 {self.fp32_ms:.2f} ms  "
                          f"int8 {self.int8_ms:.2f} ms  speed-up {self.speedup:.2f}x")
         return "\n".join(lines)
 
@@ -98,7 +102,8 @@ def ort_session(model_bytes_or_path, threads: int | None = None):
 def quantize_model(model: nn.Module, out: str | os.PathLike, calib: list[torch.Tensor], *,
                    method: str = "ort", calibrate: str = "minmax", fp32_out: str | os.PathLike | None = None,
                    log=print) -> QuantReport:
-    """Write an INT8 ONNX model of a deploy ``model`` calibrated on ``calib`` batches."""
+    """Write an INT8 model of a deploy ``model`` calibrated on ``calib`` batches: a QDQ .onnx
+    (``method="ort"``) or a PT2E file for torch.compile (``method="torch"``, see quantize_pt2e.py)."""
     if method not in METHODS:
         raise ValueError(f"unknown quantization method {method!r}; supported: {', '.join(METHODS)}")
     if calibrate not in CALIBRATION:
@@ -106,7 +111,11 @@ def quantize_model(model: nn.Module, out: str | os.PathLike, calib: list[torch.T
     if not calib:
         raise ValueError("no calibration batches: give --data with training images and --calib-batches >= 1")
     if method == "torch":
-        _require_torchao()
+        if fp32_out is not None:
+            raise ValueError("--fp32-out (the verified fp32 .onnx) applies to --method ort only")
+        from .quantize_pt2e import quantize_pt2e
+
+        return QuantReport(Path(out), calib_images=quantize_pt2e(model, out, calib), method="torch")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -126,15 +135,6 @@ def quantize_model(model: nn.Module, out: str | os.PathLike, calib: list[torch.T
             )
             ort_session(str(tmp))  # must load before it replaces anything
     return QuantReport(Path(out), calib_images=sum(len(b) for b in calib))
-
-
-def _require_torchao():
-    try:
-        import torchao.quantization.pt2e  # noqa: F401
-    except ImportError:
-        raise ValueError("--method torch needs PyTorch's PT2E flow, which in this torch version lives in the "
-                         "'torchao' package (not installed: pip install torchao); use --method ort") from None
-    raise ValueError("--method torch (torchao PT2E/X86) is not implemented yet; use --method ort")
 
 
 def compare(fp32_path, int8_path, test_loader=None, *, bench_batch: torch.Tensor | None = None,
