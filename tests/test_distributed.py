@@ -42,3 +42,12 @@ def test_ddp_trains_writes_once_and_resumes(tmp_path):
     assert (out / "deploy.safetensors").is_file()
     leftovers = [p.name for p in out.iterdir() if p.name.startswith(".")]
     assert not leftovers, leftovers                                  # no temp files from other ranks
+
+
+def test_ddp_sync_bn_on_cpu_is_refused_before_writing(tmp_path):
+    data = make_tiny_fmnist(tmp_path / "data")
+    out = tmp_path / "ddp"
+    r = torchrun("--output", str(out), "--recipe", "small", "--data", "fashion-mnist", "--data-dir", str(data),
+                 "--image-size", "16", "--batch-size", "16", "--epochs", "1", "--sync-bn", "--quiet", timeout=120)
+    assert r.returncode != 0 and "sync_bn needs CUDA" in r.stderr, r.stderr[-3000:]
+    assert not out.exists()

@@ -224,3 +224,13 @@ def test_gradient_checkpointing_matches_plain_backward():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=n)
     for (n, b), c in zip(model.named_buffers(), twin.buffers()):   # BN stats updated once, not twice
         torch.testing.assert_close(b, c, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_train_subset_keeps_the_augmentation_settings():
+    from repvgg.data import build_datasets
+    from repvgg.train.loop import _subset
+
+    train, _, _ = build_datasets("fashion-mnist-builtin", crop_padding=1, erasing=0.4)
+    sub = _subset(train, 50, seed=0)
+    assert len(sub) == 50 and sub.padding == 1 and sub.erasing == 0.4 and sub.train
+    assert len(train) == 6000                                       # the full set is untouched

@@ -9,6 +9,7 @@ the full test set; a difference beyond floating-point ties raises.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import signal
@@ -194,8 +195,9 @@ def _subset(ds, n: int, seed: int):
     if not 0 < n <= len(ds):
         raise ValueError(f"train_subset={n} must be in 1..{len(ds)}")
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    return InMemoryDataset(ds.images[idx], ds.targets[idx], ds.classes, mean=ds.mean, std=ds.std, train=True,
-                           recipe_aug=ds.recipe_aug, image_size=ds.image_size)
+    sub = copy.copy(ds)  # every augmentation setting (crop padding, erasing, ...) carries over
+    sub.images, sub.targets = ds.images[idx], ds.targets[idx]
+    return sub
 
 
 def _meta(cfg: dict, info, **extra) -> dict:
@@ -213,6 +215,9 @@ class Trainer:
         self.dist = D.setup("cuda" if cfg["device"].startswith("cuda") or (
             cfg["device"] == "auto" and torch.cuda.is_available()) else "cpu")
         self.device = resolve_device(cfg["device"], self.dist)
+        if cfg["sync_bn"] and self.dist.enabled and self.device.type != "cuda":
+            raise ValueError("sync_bn needs CUDA devices: torch's SyncBatchNorm has no CPU implementation; "
+                             "on CPU each process keeps its own BN statistics (set sync_bn: false)")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         main = self.dist.is_main
