@@ -3,7 +3,8 @@
 For each trained checkpoint: onnxruntime static QDQ quantization (per-channel weights, uint8
 activations) calibrated on un-augmented training images, then fp32 vs INT8 top-1 on the test split
 and CPU speed (onnxruntime, sessions timed interleaved, median). With `--methods ort torch` also
-PyTorch's PT2E/X86 Inductor flow (torchao), fp32 and INT8 both run through torch.compile. Writes
+PyTorch's PT2E/X86 Inductor flow (torchao), fp32 through torch.compile (freezing), INT8 lowered
+to oneDNN kernels by torchao. Writes
 benchmarks/results/deploy_int8.{json,md}.
 
     nice -n 10 python benchmarks/deploy_int8.py --checkpoints runs/deploy_a0_repvgg/deploy.safetensors \
@@ -29,7 +30,7 @@ from repvgg.deploy.quantize import calibration_batches, compare, quantize_model 
 from repvgg.deploy.quantize_pt2e import compare_pt2e, torchao_version  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-nan = float("nan")  # speed not measured (no working torch.compile)
+nan = float("nan")  # speed not measured (no working torch.compile / INT8 lowering)
 
 
 def main() -> int:
@@ -66,7 +67,7 @@ def main() -> int:
                     res = compare_pt2e(model, int8, calib[0], loader, repeats=args.repeats)
                     one = compare_pt2e(model, int8, calib[0][:1], repeats=args.repeats)
             row = dict(checkpoint=str(ckpt), block=model.build_args.get("block", "repvgg"), method=method,
-                       runtime="onnxruntime" if method == "ort" else "torch.compile", calibration=calibration,
+                       runtime="onnxruntime" if method == "ort" else "oneDNN", calibration=calibration,
                        trained_top1=float(meta.get("top1", "nan")), **{"fp32_ms": nan, "int8_ms": nan, **res},
                        fp32_ms_b1=one.get("fp32_ms", nan), int8_ms_b1=one.get("int8_ms", nan))
             row["drop"] = row["fp32_top1"] - row["int8_top1"]
@@ -85,7 +86,7 @@ def main() -> int:
              f"- torch {meta['torch']}, onnxruntime {meta['onnxruntime']} (CPU EP), torchao {meta['torchao']}; "
              f"{meta['date']}",
              "- speed compares fp32 and INT8 in the same runtime: onnxruntime sessions for `ort`, "
-             "torch.compile (inductor, freezing) of the fused model and of the INT8 program for `torch`",
+             "torch.compile (inductor, freezing) of the fused model vs the INT8 program lowered to oneDNN INT8 kernels by torchao's lower_pt2e_quantized_to_x86 for `torch`",
              f"- calibration: {meta['calib_images']} un-augmented training images; test: {meta['test_images']} images; "
              f"speed: median of {args.repeats} interleaved runs, batch {args.batch_size} and batch 1", "",
              "| checkpoint | block | runtime | calibration | fp32 top-1 | INT8 top-1 | drop (points) | fp32 ms/batch | "

@@ -1,4 +1,5 @@
 """INT8: a QDQ model with per-channel weights that tracks fp32, and clear errors without files."""
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -133,6 +134,29 @@ def test_pt2e_rejects_foreign_or_tampered_files(tmp_path):
         quantize_model(repvgg.reparameterize(tiny()), tmp_path / "t.safetensors", [torch.randn(2, 3, 16, 16)],
                        method="torch")
     assert not (tmp_path / "t.safetensors").exists()
+
+
+def test_pt2e_program_lowers_to_onednn_int8_kernels_with_the_same_answers(tmp_path):
+    """Speed comes from the lowered program: it must hold real INT8 convs, not fp32 ones with
+    quantize/dequantize around them, and compute what the simulated program computes."""
+    pytest.importorskip("torchao")
+    from repvgg.deploy.quantize_pt2e import compiled_pair, load_int8, lower_int8
+
+    model = small_a0()
+    g = torch.Generator().manual_seed(1)
+    calib = [torch.randn(8, 3, 16, 16, generator=g) for _ in range(2)]
+    out = tmp_path / "a0.int8.safetensors"
+    quantize_model(model, out, calib, method="torch")
+    program, x = load_int8(out), torch.randn(8, 3, 16, 16, generator=g)
+    lowered = lower_int8(program, x)
+    ops = Counter(str(n.target) for n in lowered.graph.nodes if n.op == "call_function")
+    assert ops["onednn.qconv_pointwise.default"] == sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    assert not any("aten.convolution" in op for op in ops)
+    with torch.no_grad():
+        simulated, fast = program(x), lowered(x)
+    assert torch.allclose(fast, simulated, atol=0.05 * simulated.abs().max().item())  # rounding steps only
+    if shutil.which("c++") or shutil.which("g++"):  # fp32 side goes through torch.compile (C++ codegen)
+        assert compiled_pair(model, program, x, log=lambda s: None)[2]  # the benchmark path measures speed
 
 
 def test_cli_quantize_torch_reports_side_by_side(tmp_path, capsys):

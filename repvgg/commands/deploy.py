@@ -30,7 +30,7 @@ def register(sub) -> None:
     q = sub.add_parser("quantize", help="INT8 model (onnxruntime QDQ or PyTorch PT2E), fp32 vs INT8 top-1 and speed",
                        description="Post-training INT8 quantization calibrated on training images, then fp32 vs "
                                    "INT8 top-1 on the test split and CPU speed side by side (onnxruntime for "
-                                   "--method ort, torch.compile for --method torch).")
+                                   "--method ort, fp32 torch.compile vs INT8 lowered to oneDNN kernels for --method torch).")
     _common(q, "INT8 file (default: CHECKPOINT.int8.onnx; --method torch: CHECKPOINT.int8.safetensors)")
     q.add_argument("--data", required=True, help="fashion-mnist | fashion-mnist-builtin | cifar10 | cifar100 | imagefolder:PATH")
     q.add_argument("--data-dir")

@@ -46,7 +46,7 @@ class QuantReport:
     def summary(self) -> str:
         what = ("INT8 QDQ ONNX" if self.method == "ort" else "INT8 PT2E/X86 program: fused weights + calibrated "
                 "ranges, load with repvgg.deploy.quantize_pt2e.load_int8")
-        runtime = "onnxruntime" if self.method == "ort" else "torch.compile"
+        runtime = "onnxruntime" if self.method == "ort" else "oneDNN"
         lines = [f"wrote {self.path} ({what}, per-channel weights; calibrated on {self.calib_images} images)"]
         if self.fp32_top1 is not None:
             lines.append(f"top-1  fp32 {self.fp32_top1:.2f}%  int8 {self.int8_top1:.2f}%  "
@@ -103,7 +103,7 @@ def quantize_model(model: nn.Module, out: str | os.PathLike, calib: list[torch.T
                    method: str = "ort", calibrate: str = "minmax", fp32_out: str | os.PathLike | None = None,
                    log=print) -> QuantReport:
     """Write an INT8 model of a deploy ``model`` calibrated on ``calib`` batches: a QDQ .onnx
-    (``method="ort"``) or a PT2E file for torch.compile (``method="torch"``, see quantize_pt2e.py)."""
+    (``method="ort"``) or a PT2E file run on oneDNN INT8 kernels (``method="torch"``, see quantize_pt2e.py)."""
     if method not in METHODS:
         raise ValueError(f"unknown quantization method {method!r}; supported: {', '.join(METHODS)}")
     if calibrate not in CALIBRATION:

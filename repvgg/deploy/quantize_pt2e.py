@@ -2,8 +2,9 @@
 
 Flow: ``torch.export`` (batch dimension dynamic) -> ``prepare_pt2e`` with the X86 Inductor quantizer
 (INT8 per-channel weights, uint8 per-tensor activations from histogram observers) -> calibration ->
-``convert_pt2e``. ``torch.compile`` then lowers the quantize/dequantize pattern around each conv to
-oneDNN INT8 kernels; in eager mode the program only simulates INT8 in fp32 (right answers, no speed).
+``convert_pt2e``. torchao's ``lower_pt2e_quantized_to_x86`` then folds the quantize/dequantize
+pattern around each conv into oneDNN INT8 kernels (inductor's freezing passes, run once, no code
+generation); unlowered, the program only simulates INT8 in fp32 (right answers, no speed).
 
 Why not a ``torch.export`` .pt2 file: loading one unpickles parts of it, and a checkpoint must never
 run code when loaded. The INT8 file is a safetensors checkpoint of the fused fp32 model plus the
@@ -75,7 +76,7 @@ def quantize_pt2e(model: nn.Module, out: str | os.PathLike, calib: list[torch.Te
 
 def load_int8(path: str | os.PathLike) -> nn.Module:
     """The INT8 program a :func:`quantize_pt2e` file holds (a ``torch.fx.GraphModule``; run it
-    under ``torch.compile`` for INT8 speed)."""
+    through :func:`lower_int8` for INT8 speed)."""
     from ..checkpoint import CheckpointError, load_state_dict, read_checkpoint
     from ..factory import create_model
 
@@ -107,24 +108,35 @@ def load_int8(path: str | os.PathLike) -> nn.Module:
     return program
 
 
+def lower_int8(int8: nn.Module, example: torch.Tensor) -> nn.Module:
+    """The INT8 program with oneDNN INT8 conv/linear kernels, specialised to ``example``'s shape.
+
+    torchao's own x86 lowering: ``torch.compile`` of a converted PT2E program stopped working with
+    torch 2.14 + torchao 0.18 (inductor has no fake kernel for ``onednn.qconv_prepack``)."""
+    from torchao.quantization.pt2e.lowering import lower_pt2e_quantized_to_x86
+
+    with torch.no_grad():
+        return lower_pt2e_quantized_to_x86(int8, (example,))
+
+
 def compiled_pair(fp32: nn.Module, int8: nn.Module, example: torch.Tensor,
                   log: Callable[[str], None] = print) -> tuple[Callable, Callable, bool]:
-    """(fp32, int8, compiled): both models as deployed, through ``torch.compile`` with inductor
-    freezing, compiled here on ``example`` (its batch size is the one they are specialised to).
+    """(fp32, int8, compiled): both models as deployed, specialised to ``example``'s batch size:
+    fp32 through ``torch.compile`` with inductor freezing, INT8 lowered to oneDNN kernels.
 
-    Without a working inductor (no C++ compiler) the INT8 program still runs, simulated in fp32:
-    accuracy is then right but speed meaningless, so ``compiled`` is False.
+    Where that fails (no C++ compiler, a torch/torchao pair that does not lower) the INT8 program still
+    runs, simulated in fp32: accuracy is then right but speed meaningless, so ``compiled`` is False.
     """
     from ..optimize import compile_for_inference
 
     try:
-        f32, i8 = (compile_for_inference(m, torch.device("cpu")) for m in (fp32, int8))
+        f32, i8 = compile_for_inference(fp32, torch.device("cpu")), lower_int8(int8, example)
         with torch.no_grad():
             f32(example), i8(example)
         return f32, i8, True
     except Exception as e:  # pragma: no cover - depends on the machine's compiler
-        log(f"note: torch.compile failed ({type(e).__name__}: {str(e)[:120]}); INT8 runs simulated in fp32, "
-            "speed not measured")
+        log(f"note: INT8 lowering or torch.compile failed ({type(e).__name__}: {str(e)[:120]}); INT8 runs "
+            "simulated in fp32, speed not measured")
         return fp32, int8, False
 
 
