@@ -234,3 +234,56 @@ def test_train_subset_keeps_the_augmentation_settings():
     sub = _subset(train, 50, seed=0)
     assert len(sub) == 50 and sub.padding == 1 and sub.erasing == 0.4 and sub.train
     assert len(train) == 6000                                       # the full set is untouched
+
+
+# ------------------------------------------------------------------ amp: auto on a CPU
+@pytest.mark.parametrize("fp32_s, bf16_s, want", [(1.0, 0.6, torch.bfloat16), (1.0, 0.95, None), (1.0, 1.2, None)])
+def test_cpu_amp_probe_keeps_bf16_only_where_clearly_faster(monkeypatch, fp32_s, bf16_s, want):
+    from repvgg.train import amp
+
+    monkeypatch.setattr(amp, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(amp, "time_train_steps", lambda m, x, y, dtypes, rounds: {None: fp32_s, torch.bfloat16: bf16_s})
+    dtype, speedup, per_image = amp.probe_cpu_amp(create_model("repvgg_a0", num_classes=10), (256, 3, 32, 32), 10)
+    assert dtype == want and speedup == pytest.approx(fp32_s / bf16_s)
+    assert per_image["fp32"] == pytest.approx(fp32_s / amp.PROBE_BATCH)      # probe batch capped
+    monkeypatch.setattr(amp, "cpu_has_bf16", lambda: False)
+    assert amp.probe_cpu_amp(create_model("repvgg_a0", num_classes=10), (8, 3, 32, 32), 10)[0] is None
+
+
+def test_cpu_amp_probe_leaves_the_model_and_the_rng_alone(monkeypatch):
+    from repvgg.train import amp
+
+    monkeypatch.setattr(amp, "cpu_has_bf16", lambda: True)     # time both dtypes on any CPU
+    model = create_model("repvgg_a0", num_classes=10, drop_rate=0.5).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    dtype, speedup, per_image = amp.probe_cpu_amp(model, (4, 3, 16, 16), 10, channels_last=True)
+    assert torch.equal(torch.rand(3), expected), "the probe consumed the global RNG"
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.grad is None for p in model.parameters())
+    assert speedup > 0 and per_image["fp32"] > 0 and per_image["bf16"] > 0
+    assert (dtype is torch.bfloat16) == (speedup >= amp.BF16_MIN_SPEEDUP)
+
+
+def test_amp_auto_is_settled_once_and_saved_for_resume(tmp_path, tiny, monkeypatch):
+    from repvgg.train import loop
+
+    calls = []
+    def fake_probe(model, shape, num_classes, channels_last=False):
+        calls.append(shape)
+        return None, 0.85, {"fp32": 1e-3, "bf16": 1.2e-3}
+    monkeypatch.setattr(loop, "probe_cpu_amp", fake_probe)
+    out = tmp_path / "r"
+    with pytest.raises(TrainingInterrupted):
+        train(prepare_run(out, "small", tiny_overrides(tiny, amp="auto")), out, quiet=True, stop_at_step=2)
+    assert calls == [(32, 1, 16, 16)]
+    assert yaml.safe_load((out / "config.yaml").read_text())["amp"] is False
+    assert "bf16 training steps ran 0.85x the fp32 speed on this CPU -> fp32" in (out / "train.log").read_text()
+    cfg = prepare_run(out, overrides={"amp": "auto"}, resume=True)      # `auto` again is not a conflict
+    train(cfg, out, resume=True, quiet=True)
+    assert len(calls) == 1, "resume keeps the saved choice instead of timing again"
+    with pytest.raises(ValueError, match="amp='bf16' differs"):
+        prepare_run(out, overrides={"amp": "bf16"}, resume=True)

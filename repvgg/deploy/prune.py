@@ -297,7 +297,7 @@ def finetune(model: nn.Module, train_ds, epochs: int, *, lr: float = 0.01, batch
 
 def _cpu_bf16() -> bool:
     try:
-        from ..train.loop import cpu_has_bf16
+        from ..train.amp import cpu_has_bf16
 
         return cpu_has_bf16()
     except ImportError:

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 BUDGET_S = 120.0          # training + evaluation time the demo aims for (leaves room for a busy machine)
 MAX_EPOCHS = 16
@@ -28,29 +27,25 @@ def _threads() -> int | None:
     return 1 if busy else None
 
 
-def _seconds_per_image(cfg: dict) -> float:
-    """Training seconds per image, from a few timed steps of a scratch model."""
+def _seconds_per_image(cfg: dict) -> tuple[float, str | bool]:
+    """Training seconds per image and the precision to train in (`auto` settled by timing, see
+    train.amp), from a few timed steps of a scratch model."""
     from ..factory import create_model
-    from .loop import amp_dtype
+    from .amp import amp_dtype, probe_cpu_amp, time_train_steps
 
     model = create_model(cfg["model"], num_classes=10, in_chans=1, width=cfg["width"],
                          small_input=cfg["small_input"])
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x, y = torch.randn(cfg["batch_size"], 1, 28, 28), torch.randint(0, 10, (cfg["batch_size"],))
+    shape = (cfg["batch_size"], 1, 28, 28)
+    if cfg["amp"] == "auto":
+        dtype, _, per_image = probe_cpu_amp(model, shape, 10, channels_last=cfg["channels_last"])
+        if per_image:
+            return (per_image["bf16"], "bf16") if dtype is not None else (per_image["fp32"], False)
+    dtype = amp_dtype(cfg["amp"], torch.device("cpu"))
+    x, y = torch.randn(shape), torch.randint(0, 10, shape[:1])
     if cfg["channels_last"]:
         model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
-    dtype = amp_dtype(cfg["amp"], torch.device("cpu"))
-    times = []
-    for i in range(5):
-        t = time.perf_counter()
-        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = F.cross_entropy(model(x).float(), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if i >= 2:
-            times.append(time.perf_counter() - t)
-    return statistics.median(times) / cfg["batch_size"]
+    seconds = time_train_steps(model.train(), x, y, (dtype,), rounds=3)[dtype]
+    return seconds / shape[0], cfg["amp"] if cfg["amp"] != "auto" else (dtype is not None and "bf16")
 
 
 def plan(per_image: float, n_train: int, n_test: int, budget: float = BUDGET_S) -> tuple[int, int]:
@@ -104,15 +99,16 @@ def demo(output=None, epochs: int | None = None, *, data: str = "fashion-mnist-b
           "it into a plain 3x3-conv network, and check that nothing but the speed changes.\n")
     _, test_ds, info = build_datasets(data, base["data_dir"], base["image_size"])
     if epochs is None:
-        per_image = _seconds_per_image(base)
+        per_image, extra["amp"] = _seconds_per_image(base)
         epochs, n = plan(per_image, info.num_train, info.num_test)
         msg = f"training {epochs} epoch(s)"
         if n < info.num_train:
             extra["train_subset"] = n
             extra.setdefault("batch_size", 32)   # more, smaller steps: a few hundred images still learn
             msg += f" on {n} of the {info.num_train} images (a slow or busy machine)"
+        precision = "bf16" if extra["amp"] else "fp32"
         print(f"about {per_image * info.num_train:.0f}s per epoch on this machine ({torch.get_num_threads()} "
-              f"thread(s)): {msg}\n")
+              f"thread(s), {precision}): {msg}\n")
     cfg = prepare_run(out, "small", {"data": data, "epochs": epochs, "threads": threads,
                                      "warmup_epochs": min(1, epochs / 4), **extra})
     summary = train(cfg, out)

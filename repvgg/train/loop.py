@@ -30,6 +30,7 @@ from ..evaluate import compare_predictions, evaluate, format_report, save_confus
 from ..factory import create_model
 from ..reparam import reparameterize
 from . import distributed as D
+from .amp import amp_dtype, cpu_has_bf16, probe_cpu_amp  # noqa: F401 (cpu_has_bf16: re-export)
 from .config import read_config, save_config
 from .ema import ModelEma
 from .metrics import MetricsLog
@@ -41,6 +42,7 @@ RUN_FILES = ("config.yaml", "last.safetensors", "last_ema.safetensors", "last.st
              "best.safetensors", "deploy.safetensors", "metrics.jsonl", "metrics.csv",
              "curves.png", "confusion.png", "train.log", "summary.json")
 # settings that may differ on --resume without changing the result
+_PRECISION = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}
 RESUME_FREE = ("device", "workers", "data_dir", "threads")
 
 
@@ -68,6 +70,8 @@ def prepare_run(output, recipe="normal", overrides: dict | None = None, *, resum
             raise FileNotFoundError(f"--resume: no resumable state in {out} (expected {out}/last.state.pt)")
         cfg = read_config(out / "config.yaml")
         for k, v in (overrides or {}).items():
+            if k == "amp" and v == "auto":
+                continue                           # the saved config holds what `auto` resolved to
             if v is not None and k not in RESUME_FREE and cfg.get(k) != v:
                 raise ValueError(f"--resume continues {out} with its saved config; {k}={v!r} differs "
                                  f"from the saved {cfg.get(k)!r} (use a new --output to change it)")
@@ -97,29 +101,6 @@ def resolve_device(name: str, d: D.Dist) -> torch.device:
     if name != "cpu":
         raise ValueError(f"--device must be cpu, cuda or auto, got {name!r}")
     return torch.device("cpu")
-
-
-def cpu_has_bf16() -> bool:
-    """Native bf16 matmul/conv on this CPU (AVX512-BF16 or AMX); else bf16 autocast is slower."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def amp_dtype(amp, device: torch.device):
-    """None (fp32) or the autocast dtype: bf16 on CPU, fp16 on CUDA unless told otherwise."""
-    if amp is False or amp is None:
-        return None
-    if amp == "auto":
-        if device.type == "cpu":
-            return torch.bfloat16 if cpu_has_bf16() else None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if amp == "bf16":
-        return torch.bfloat16
-    if amp == "fp16":
-        return torch.float16
-    return torch.bfloat16 if device.type == "cpu" else torch.float16
 
 
 class GradCheckpointed(nn.Module):
@@ -253,7 +234,7 @@ class Trainer:
         self.global_batch = cfg["batch_size"] * w
         self.optimizer = build_optimizer(self.model, cfg, self.global_batch)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
-        self.amp = amp_dtype(cfg["amp"], self.device)
+        self.amp, self._amp_note = self._resolve_amp(resume)
         if self.amp is not None and self.dist.enabled and self.device.type == "cpu":
             # bf16 autocast under CPU DDP (gloo) gave intermittent NaN losses in our tests with
             # torch 2.x (same seed: sometimes fine, sometimes NaN); single-process bf16 and fp32
@@ -285,6 +266,24 @@ class Trainer:
             self.mixup = v2.MixUp(alpha=cfg["mixup"], num_classes=self.info.num_classes)
         self.log_file = self.out / "train.log"
         self.metrics = MetricsLog(self.out, resume_epoch=self.epoch if resume else None) if main else None
+
+    def _resolve_amp(self, resume: bool):
+        """The autocast dtype; `auto` on a CPU is settled by timing (see .amp) and saved."""
+        cfg = self.cfg
+        probe = (cfg["amp"] == "auto" and self.device.type == "cpu" and not self.dist.enabled
+                 and not resume)          # an old run saved as `auto` resumes with what it used
+        if not probe:
+            return amp_dtype(cfg["amp"], self.device), ""
+        size = self.info.image_size
+        dtype, speedup, _ = probe_cpu_amp(self.model, (cfg["batch_size"], self.info.in_chans, size, size),
+                                          self.info.num_classes, channels_last=cfg["channels_last"])
+        cfg["amp"] = "bf16" if dtype is not None else False
+        if self.dist.is_main:
+            save_config(cfg, self.out / "config.yaml")
+        if not speedup:
+            return dtype, "amp auto: no native bf16 on this CPU, training in fp32"
+        return dtype, (f"amp auto: bf16 training steps ran {speedup:.2f}x the fp32 speed on this CPU -> "
+                       f"{'bf16' if dtype is not None else 'fp32'} (saved as amp: {cfg['amp']})")
 
     # ------------------------------------------------------------------ state
     def _load_last(self) -> None:
@@ -356,7 +355,9 @@ class Trainer:
                      f"[{self.info.origin}: {self.info.num_train} train / {self.info.num_test} test, "
                      f"{self.info.image_size}px, {self.info.in_chans} ch] for {cfg['epochs']} epochs, "
                      f"{self.dist.world_size} x batch {cfg['batch_size']}, lr "
-                     f"{scaled_lr(cfg['lr'], self.global_batch):.4g}, amp {self.amp}, device {self.device}")
+                     f"{scaled_lr(cfg['lr'], self.global_batch):.4g}, precision {_PRECISION[self.amp]}, device {self.device}")
+            if self._amp_note:
+                self.log(self._amp_note)
         else:
             self.log(f"resuming {self.out} at epoch {self.epoch + 1}, step {self.step}")
 
