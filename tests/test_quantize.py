@@ -140,7 +140,7 @@ def test_pt2e_program_lowers_to_onednn_int8_kernels_with_the_same_answers(tmp_pa
     """Speed comes from the lowered program: it must hold real INT8 convs, not fp32 ones with
     quantize/dequantize around them, and compute what the simulated program computes."""
     pytest.importorskip("torchao")
-    from repvgg.deploy.quantize_pt2e import compiled_pair, load_int8, lower_int8
+    from repvgg.deploy.quantize_pt2e import deployed_pair, load_int8, lower_int8
 
     model = small_a0()
     g = torch.Generator().manual_seed(1)
@@ -156,7 +156,7 @@ def test_pt2e_program_lowers_to_onednn_int8_kernels_with_the_same_answers(tmp_pa
         simulated, fast = program(x), lowered(x)
     assert torch.allclose(fast, simulated, atol=0.05 * simulated.abs().max().item())  # rounding steps only
     if shutil.which("c++") or shutil.which("g++"):  # fp32 side goes through torch.compile (C++ codegen)
-        assert compiled_pair(model, program, x, log=lambda s: None)[2]  # the benchmark path measures speed
+        assert deployed_pair(model, program, x, log=lambda s: None)[2]  # the benchmark path measures speed
 
 
 def test_cli_quantize_torch_reports_side_by_side(tmp_path, capsys):

@@ -119,7 +119,7 @@ def lower_int8(int8: nn.Module, example: torch.Tensor) -> nn.Module:
         return lower_pt2e_quantized_to_x86(int8, (example,))
 
 
-def compiled_pair(fp32: nn.Module, int8: nn.Module, example: torch.Tensor,
+def deployed_pair(fp32: nn.Module, int8: nn.Module, example: torch.Tensor,
                   log: Callable[[str], None] = print) -> tuple[Callable, Callable, bool]:
     """(fp32, int8, compiled): both models as deployed, specialised to ``example``'s batch size:
     fp32 through ``torch.compile`` with inductor freezing, INT8 lowered to oneDNN kernels.
@@ -169,7 +169,7 @@ def compare_pt2e(fp32: nn.Module, int8_path: str | os.PathLike, bench_batch: tor
     from .common import time_interleaved, top1
 
     x = bench_batch.contiguous()
-    f32, i8, compiled = compiled_pair(fp32.eval(), load_int8(int8_path), x, log)
+    f32, i8, compiled = deployed_pair(fp32.eval(), load_int8(int8_path), x, log)
     res = {"compiled": compiled}
     with torch.no_grad():
         if test_loader is not None:
