@@ -1,4 +1,6 @@
 """optimize_for_inference: verified against the fused model; clear errors for what cannot run here."""
+import warnings
+
 import pytest
 import torch
 import torch.nn as nn
@@ -62,6 +64,22 @@ def test_bf16_runs_and_is_loosely_checked():
     opt = optimize_for_inference(_model(), dtype=torch.bfloat16, compile=False, example_shape=(2, 3, 32, 32))
     assert opt.optimize_info["tolerance"] == optimize.REDUCED_TOL
     assert opt(torch.randn(1, 3, 32, 32)).dtype == torch.bfloat16
+    assert opt.optimize_info["fp32_eager_seconds"] > 0      # timed against plain fp32 in the same run
+
+
+@pytest.mark.skipif(not BF16, reason="this CPU has no fast bf16")
+@pytest.mark.parametrize("slower", [True, False])
+def test_bf16_slower_than_fp32_is_said_out_loud(monkeypatch, slower):
+    real = optimize._best_times
+    monkeypatch.setattr(optimize, "_best_times", lambda fns, x, device, batches=3:
+                        ([2.0, 1.0] if slower else [1.0, 2.0]) if len(fns) == 2 and not isinstance(fns[1], optimize.InferenceModel)
+                        else real(fns, x, device, batches))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        optimize_for_inference(_model(), dtype=torch.bfloat16, compile=False, channels_last=True,
+                               example_shape=(2, 3, 32, 32))
+    said = [str(w.message) for w in caught if "slower than the plain fp32" in str(w.message)]
+    assert bool(said) == slower, said
 
 
 def test_failed_check_raises(monkeypatch):
