@@ -173,10 +173,7 @@ def optimize_for_inference(
         raise RuntimeError("no optimized form matched the fused model: " + "; ".join(failures))
     if failures:
         warnings.warn("optimize_for_inference skipped: " + "; ".join(failures), stacklevel=2)
-    chosen = _fastest(passed, x, device)
-    if dtype != torch.float32:
-        _warn_if_slower_than_fp32(chosen, ref, x, device)
-    return chosen
+    return _fastest(passed, x, device, fp32_ref=ref if dtype != torch.float32 else None)
 
 
 def _candidates(channels_last: bool | None, compile: bool, onednn: bool = False) -> list[tuple[str, bool]]:
@@ -212,24 +209,28 @@ def _best_times(fns: list, x: torch.Tensor, device: torch.device, batches: int =
     return best
 
 
-def _fastest(candidates: list[InferenceModel], x: torch.Tensor, device: torch.device, batches: int = 3):
-    """The candidate with the lowest best-of-``batches`` time on ``x`` (rounds interleaved)."""
-    if len(candidates) == 1:
+def _fastest(candidates: list[InferenceModel], x: torch.Tensor, device: torch.device,
+             fp32_ref: nn.Module | None = None, batches: int = 3):
+    """The candidate with the lowest best-of-``batches`` time on ``x`` (rounds interleaved).
+
+    With ``fp32_ref`` (reduced precision was asked for, to be faster) the plain fp32 model is timed
+    in the same rounds: some CPUs report bf16 support yet run it slower than fp32 (a 2-core Intel
+    Xeon without AMX: 0.64x the optimized fp32 form), and a slower pick is said out loud.
+    """
+    fns = candidates + ([fp32_ref] if fp32_ref is not None else [])
+    if len(fns) == 1:
         return candidates[0]
-    best = _best_times(candidates, x, device, batches)
+    best = _best_times(fns, x, device, batches)
     i = min(range(len(candidates)), key=best.__getitem__)
-    candidates[i].optimize_info["selected_from"] = [
-        dict(c.optimize_info, seconds=t) for c, t in zip(candidates, best) if c is not candidates[i]]
-    return candidates[i]
-
-
-def _warn_if_slower_than_fp32(chosen: InferenceModel, ref: nn.Module, x: torch.Tensor, device: torch.device):
-    """Reduced precision is asked for speed; some CPUs report bf16 support yet run it slower than
-    fp32 (a 2-core Intel Xeon without AMX: 0.64x the optimized fp32 form). Say so rather than hand back a slower model."""
-    t_low, t_fp32 = _best_times([chosen, ref], x, device)
-    chosen.optimize_info["fp32_eager_seconds"] = t_fp32
-    chosen.optimize_info["seconds"] = t_low
-    if t_low > t_fp32:
-        warnings.warn(f"optimize_for_inference: {chosen.optimize_info['dtype']} runs slower than the plain fp32 "
-                      f"model on this {device.type} ({t_low * 1e3:.1f} vs {t_fp32 * 1e3:.1f} ms on the example "
-                      "batch); dtype=torch.float32 is the faster choice here", stacklevel=3)
+    chosen = candidates[i]
+    if len(candidates) > 1:
+        chosen.optimize_info["selected_from"] = [
+            dict(c.optimize_info, seconds=t) for c, t in zip(candidates, best) if c is not chosen]
+    if fp32_ref is not None:
+        t_low, t_fp32 = best[i], best[-1]
+        chosen.optimize_info.update(seconds=t_low, fp32_eager_seconds=t_fp32)
+        if t_low > t_fp32:
+            warnings.warn(f"optimize_for_inference: {chosen.optimize_info['dtype']} runs slower than the plain "
+                          f"fp32 model on this {device.type} ({t_low * 1e3:.1f} vs {t_fp32 * 1e3:.1f} ms on the "
+                          "example batch); dtype=torch.float32 is the faster choice here", stacklevel=3)
+    return chosen

@@ -45,7 +45,7 @@ def _seconds_per_image(cfg: dict) -> tuple[float, str | bool]:
     if cfg["channels_last"]:
         model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
     seconds = time_train_steps(model.train(), x, y, (dtype,), rounds=3)[dtype]
-    return seconds / shape[0], cfg["amp"] if cfg["amp"] != "auto" else (dtype is not None and "bf16")
+    return seconds / shape[0], (False if cfg["amp"] == "auto" else cfg["amp"])   # auto here: no bf16
 
 
 def plan(per_image: float, n_train: int, n_test: int, budget: float = BUDGET_S) -> tuple[int, int]:

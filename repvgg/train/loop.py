@@ -30,7 +30,7 @@ from ..evaluate import compare_predictions, evaluate, format_report, save_confus
 from ..factory import create_model
 from ..reparam import reparameterize
 from . import distributed as D
-from .amp import amp_dtype, cpu_has_bf16, probe_cpu_amp  # noqa: F401 (cpu_has_bf16: re-export)
+from .amp import amp_dtype, probe_cpu_amp
 from .config import read_config, save_config
 from .ema import ModelEma
 from .metrics import MetricsLog
@@ -41,8 +41,8 @@ from .state import load_state, rng_state, save_state, seed_everything, set_rng_s
 RUN_FILES = ("config.yaml", "last.safetensors", "last_ema.safetensors", "last.state.pt",
              "best.safetensors", "deploy.safetensors", "metrics.jsonl", "metrics.csv",
              "curves.png", "confusion.png", "train.log", "summary.json")
-# settings that may differ on --resume without changing the result
 _PRECISION = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}
+# settings that may differ on --resume without changing the result
 RESUME_FREE = ("device", "workers", "data_dir", "threads")
 
 
