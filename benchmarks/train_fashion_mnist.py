@@ -85,6 +85,7 @@ def main() -> int:
     ap.add_argument("--data-dir")
     ap.add_argument("--threads", type=int, help="torch threads (1 on a machine shared with other jobs)")
     ap.add_argument("--small-input", action="store_true", help="(the small recipe already sets it)")
+    ap.add_argument("--seed", type=int, help="the run's seed (default: the recipe's)")
     ap.add_argument("--target", type=float, default=94.0, help="top-1 %% for the time-to-accuracy figure")
     ap.add_argument("--tag", help="results name suffix (default: the block)")
     ap.add_argument("--runs", default=str(ROOT.parent / "runs"), help="where the run folder goes")
@@ -106,9 +107,13 @@ def main() -> int:
         cmd += ["--threads", str(args.threads)]
     if args.small_input:
         cmd += ["--small-input"]
+    if args.seed is not None:
+        cmd += ["--seed", str(args.seed)]
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"train_fashion_mnist_{tag}"
-    log_path = stem.with_suffix(".log")
+    # the log goes to a side file and replaces <stem>.log only if the run succeeds: a failed or
+    # killed run never overwrites the results of a good one (it reports under <stem>_failed)
+    log_path = stem.parent / f"{stem.name}.log.partial"
     if args.report_only:
         return report(args, out, stem, cmd, None, None, "unknown (report rebuilt from the run folder)", None)
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -125,6 +130,12 @@ def main() -> int:
             log.write(line)
             log.flush()
         rc = proc.wait()
+    if rc == 0:
+        log_path.replace(stem.with_suffix(".log"))
+    else:
+        stem = stem.parent / f"{stem.name}_failed"
+        log_path.replace(stem.with_suffix(".log"))
+        print(f"training exited with code {rc}: results go to {stem}.* (earlier results kept)", file=sys.stderr)
     return report(args, out, stem, cmd, rc, time.perf_counter() - t0, started, load_before)
 
 
