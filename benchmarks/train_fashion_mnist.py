@@ -57,19 +57,25 @@ def versions() -> dict:
             "torchvision": torchvision.__version__, "repvgg": repvgg.__version__}
 
 
-def plot_curve(rows: list[dict], path: Path, title: str, target: float) -> None:
+def plot_curves(series: list[tuple[str, list[float], list[float], str]], path: Path, title: str,
+                target: float | None = None, ymin: float | None = None) -> None:
+    """Test top-1 against wall time: one line per (label, minutes, top-1 values, matplotlib style)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([r["elapsed_s"] / 60 for r in rows], [r["val_top1"] for r in rows], "o-")
-    ax.axhline(target, color="grey", ls="--", lw=1, label=f"{target}%")
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, minutes, top1, style in series:
+        ax.plot(minutes, top1, style, ms=3, label=label)
+    if target is not None:
+        ax.axhline(target, color="grey", ls="--", lw=1, label=f"{target}%")
+    if ymin is not None:
+        ax.set_ylim(ymin, None)
     ax.set_xlabel("wall time (min)")
     ax.set_ylabel("test top-1 (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -130,12 +136,10 @@ def main() -> int:
             log.write(line)
             log.flush()
         rc = proc.wait()
-    if rc == 0:
-        log_path.replace(stem.with_suffix(".log"))
-    else:
+    if rc != 0:
         stem = stem.parent / f"{stem.name}_failed"
-        log_path.replace(stem.with_suffix(".log"))
         print(f"training exited with code {rc}: results go to {stem}.* (earlier results kept)", file=sys.stderr)
+    log_path.replace(stem.with_suffix(".log"))
     return report(args, out, stem, cmd, rc, time.perf_counter() - t0, started, load_before)
 
 
@@ -161,8 +165,9 @@ def report(args, out: Path, stem: Path, cmd: list[str], rc, wall, started: str, 
     }
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
     if rows:
-        plot_curve(rows, stem.parent / f"{stem.name}_curve.png",
-                   f"{model_desc} ({args.block}), recipe {args.recipe}: Fashion-MNIST test top-1", args.target)
+        plot_curves([(args.block, [r["elapsed_s"] / 60 for r in rows], [r["val_top1"] for r in rows], "o-")],
+                    stem.parent / f"{stem.name}_curve.png",
+                    f"{model_desc} ({args.block}), recipe {args.recipe}: Fashion-MNIST test top-1", args.target)
     md = [f"# Fashion-MNIST, {model_desc} ({args.block} blocks), recipe `{args.recipe}`", "",
           f"- command: `{shlex.join(cmd)}`", f"- started {started}; " + (f"training time (last epoch's elapsed) {wall / 60:.1f} min" if args.report_only
                                           else f"wall time {wall / 60:.1f} min; exit code {rc}"),

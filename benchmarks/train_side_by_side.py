@@ -19,6 +19,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling script, however this one is loaded
+from train_fashion_mnist import plot_curves  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 MUST_MATCH = ("recipe", "model", "epochs", "cpu", "torch")
 
@@ -73,26 +76,6 @@ def means(runs: list[dict]) -> tuple[list[str], dict]:
     return lines, stats
 
 
-def plot(runs: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for r in runs:
-        ax.plot([x["elapsed_s"] / 60 for x in r["rows"]], [x["test_top1"] for x in r["rows"]],
-                "o-" if r["block"] == "repvgg" else "s--", ms=3, label=f"{r['block']} seed {r['seed']}")
-    ax.set_ylim(88, None)
-    ax.set_xlabel("wall time (min)")
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", nargs="+", required=True, help="result tags (train_fashion_mnist_<tag>.json)")
@@ -116,7 +99,9 @@ def main() -> int:
                   f"{stats['repvgg']['minutes'] / stats['plain']['minutes']:.2f}x the plain model's. "
                   "Both deploy to the same plain network, so inference costs the same.")
     (RESULTS / f"{args.out}.md").write_text("\n".join(md) + "\n")
-    plot(runs, RESULTS / f"{args.out}.png", f"{r0['model']}, recipe {r0['recipe']}: RepVGG vs plain blocks")
+    plot_curves([(f"{r['block']} seed {r['seed']}", [x["elapsed_s"] / 60 for x in r["rows"]],
+                  [x["test_top1"] for x in r["rows"]], "o-" if r["block"] == "repvgg" else "s--") for r in runs],
+                RESULTS / f"{args.out}.png", f"{r0['model']}, recipe {r0['recipe']}: RepVGG vs plain blocks", ymin=88)
     print("\n".join(md))
     return 0
 
