@@ -8,10 +8,12 @@ import yaml
 from safetensors.torch import load_file
 
 from repvgg import create_model
+from repvgg.checkpoint import read_metadata
 from repvgg.data import read_idx, write_idx
 from repvgg.data.fashion_mnist import BUILTIN_DIR
 from repvgg.train import (TrainingInterrupted, load_recipe, lr_factor, param_groups, prepare_run,
                           resolve_config, scaled_lr, train)
+from repvgg.train.config import training_augmentation
 from repvgg.train.state import load_state
 
 
@@ -101,6 +103,14 @@ def test_override_precedence_and_recipe_files(tmp_path):
         resolve_config("normal", {"epochs": 0})
 
 
+def test_training_augmentation_falls_back_on_the_recipe_then_the_defaults():
+    small = load_recipe("small")
+    assert training_augmentation({"recipe": "small"}) == {
+        "recipe_aug": small["aug"], "crop_padding": small["crop_padding"], "erasing": small["random_erasing"]}
+    assert training_augmentation({"recipe": "/gone/my.yaml"}) == {}   # a recipe file: not guessed
+    assert training_augmentation({}) == {}
+
+
 # ------------------------------------------------------------------ output folder rules
 def test_refuses_to_overwrite_another_run(tmp_path, tiny):
     out = tmp_path / "run"
@@ -117,6 +127,9 @@ def test_refuses_to_overwrite_another_run(tmp_path, tiny):
     train(cfg, out, overwrite=True, quiet=True)
     assert (out / "keep.txt").read_text() == "user file"          # only run files are replaced
     assert (out / "deploy.safetensors").is_file()
+    # a later fine-tune (after pruning) reads the augmentation the run trained with from the checkpoint
+    assert training_augmentation(read_metadata(out / "deploy.safetensors")) == {
+        "recipe_aug": "autoaugment", "crop_padding": cfg["crop_padding"], "erasing": float(cfg["random_erasing"])}
     with pytest.raises(ValueError, match="saved config; epochs=5 differs"):
         prepare_run(out, "small", {"epochs": 5}, resume=True)
 

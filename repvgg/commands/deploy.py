@@ -107,10 +107,12 @@ def _test_loader(test_ds, batch_size: int, limit: int | None):
 
 def _datasets(args, model):
     from ..data import build_datasets
+    from ..train.config import training_augmentation
 
-    size = args.image_size or getattr(model, "checkpoint_meta", {}).get("image_size")
-    train_ds, test_ds, info = build_datasets(args.data, args.data_dir, size if isinstance(size, int) else None,
-                                             recipe_aug="simple")
+    meta = getattr(model, "checkpoint_meta", {})
+    size = args.image_size or meta.get("image_size")
+    aug = {"recipe_aug": "simple", **training_augmentation(meta)}  # a fine-tune sees what training saw
+    train_ds, test_ds, info = build_datasets(args.data, args.data_dir, int(size) if size else None, **aug)
     if info.in_chans != model.in_chans:
         raise ValueError(f"channel mismatch: the model takes {model.in_chans}-channel images but {args.data} "
                          f"has {info.in_chans}")
@@ -167,7 +169,8 @@ def run_prune(args) -> int:
 
     from ..complexity import count_macs, count_params
     from ..deploy.common import default_image_size, load_model, time_interleaved, top1
-    from ..deploy.prune import finetune, prune_model, recalibrate, save_pruned
+    from ..deploy.finetune import finetune
+    from ..deploy.prune import prune_model, recalibrate, save_pruned
     from ..deploy.quantize import calibration_batches
 
     if not 0 < args.ratio < 1:

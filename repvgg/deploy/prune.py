@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..blocks import RepVGGBlock, SqueezeExcite
 from ..model import chain_blocks
@@ -248,59 +247,3 @@ def _channels_from_layer_widths(args: dict, widths: list[int], path) -> list[int
         channels.append(stage.pop())
         i += d
     return channels
-
-
-def finetune(model: nn.Module, train_ds, epochs: int, *, lr: float = 0.01, batch_size: int = 128,
-             weight_decay: float = 5e-5, label_smoothing: float = 0.1, seed: int = 0,
-             teacher: nn.Module | None = None, temperature: float = 4.0, log=print) -> nn.Module:
-    """Briefly retrain a pruned plain model (no BN left: small lr, SGD + one-cycle, bf16 where it is faster).
-
-    With ``teacher`` (the unpruned model) half the loss is distillation towards its softened
-    outputs: the teacher knows what the removed channels computed, the labels alone do not.
-    """
-    from ..data import build_loader
-
-    if epochs < 1:
-        return model
-    torch.manual_seed(seed)
-    loader = build_loader(train_ds, batch_size, train=True, seed=seed)
-    steps = epochs * len(loader)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0}],
-                          lr=lr, momentum=0.9, nesterov=True)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    use_bf16 = _bf16_is_faster(model, (batch_size, *train_ds[0][0].shape), log)
-    if teacher is not None:
-        teacher.eval()
-    model.train()
-    for epoch in range(epochs):
-        total = 0.0
-        for x, y in loader:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                logits = model(x)
-                loss = loss_fn(logits, y)
-                if teacher is not None:
-                    with torch.no_grad():
-                        soft = F.softmax(teacher(x).float() / temperature, 1)
-                    kd = F.kl_div(F.log_softmax(logits.float() / temperature, 1), soft, reduction="batchmean")
-                    loss = 0.5 * loss + 0.5 * temperature**2 * kd
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item()
-        log(f"finetune epoch {epoch + 1}/{epochs}: loss {total / max(1, len(loader)):.4f}")
-    return model.eval()
-
-
-def _bf16_is_faster(model: nn.Module, input_shape: tuple, log) -> bool:
-    """bf16 autocast where a few timed steps show it clearly faster on this CPU (see train.amp)."""
-    from ..train.amp import probe_cpu_amp
-
-    dtype, speedup, _ = probe_cpu_amp(model, input_shape, num_classes=1)
-    if speedup:
-        log(f"fine-tuning in {'bf16' if dtype is not None else 'fp32'} (bf16 steps ran {speedup:.2f}x "
-            "the fp32 speed here)")
-    return dtype is not None

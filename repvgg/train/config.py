@@ -4,6 +4,7 @@ Precedence: built-in defaults < recipe (name or file) < explicit overrides (CLI 
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -45,6 +46,24 @@ def load_recipe(recipe: str | os.PathLike = "normal") -> dict:
     cfg.update(data)
     cfg["recipe"] = str(recipe)
     return cfg
+
+
+def training_augmentation(meta: dict) -> dict:
+    """``build_datasets`` kwargs for the augmentation a checkpoint was trained with.
+
+    A fine-tune (after pruning, say) must see the images the model learned from: on Fashion-MNIST
+    4 px crops instead of the recipe's 1 px cost a converged model 0.5 points in 3 epochs. Taken
+    from the checkpoint's ``train_aug`` metadata, else its built-in recipe, else {} (the defaults).
+    """
+    raw = meta.get("train_aug")
+    if raw:
+        aug = json.loads(raw) if isinstance(raw, str) else dict(raw)
+    elif meta.get("recipe") in RECIPES:
+        aug = load_recipe(meta["recipe"])
+    else:
+        return {}
+    return {"recipe_aug": aug.get("aug") or "simple", "crop_padding": aug.get("crop_padding"),
+            "erasing": float(aug.get("random_erasing") or 0.0)}
 
 
 def resolve_config(recipe: str | os.PathLike = "normal", overrides: dict | None = None) -> dict:

@@ -183,7 +183,8 @@ def _subset(ds, n: int, seed: int):
 
 def _meta(cfg: dict, info, **extra) -> dict:
     return {"dataset": info.name, "class_names": info.class_names, "image_size": info.image_size,
-            "mean": list(info.mean), "std": list(info.std), "recipe": cfg.get("recipe"), **extra}
+            "mean": list(info.mean), "std": list(info.std), "recipe": cfg.get("recipe"),
+            "train_aug": {k: cfg.get(k) for k in ("aug", "crop_padding", "random_erasing")}, **extra}
 
 
 class Trainer:
