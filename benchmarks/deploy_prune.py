@@ -1,7 +1,6 @@
 """Prune a trained, fused RepVGG (L1 structured, default 30%), fine-tune briefly, and report params,
 MACs, CPU speed (PyTorch and onnxruntime, interleaved medians) and top-1 before/after pruning and
-after fine-tuning (each conv trains with a BN attached, folded back at the end; --no-bn: without).
-A control fine-tunes the *unpruned* fused model for the same epochs, so the
+after fine-tuning (on the augmentation the model was trained with). A control fine-tunes the *unpruned* fused model for the same epochs, so the
 pruning loss is not confused with the effect of extra training.
 
     nice -n 10 python benchmarks/deploy_prune.py --checkpoint runs/deploy_a0_repvgg/deploy.safetensors \
@@ -63,7 +62,6 @@ def main() -> int:
     ap.add_argument("--calib-images", type=int, default=512)
     ap.add_argument("--distill", action="store_true", help="fine-tune towards the unpruned model's outputs too")
     ap.add_argument("--no-control", action="store_true", help="skip fine-tuning the unpruned model (saves time)")
-    ap.add_argument("--no-bn", action="store_true", help="fine-tune the plain convs as they are (no BN attached)")
     ap.add_argument("--save", default="runs/deploy_prune/a0_pruned30_ft.safetensors")
     ap.add_argument("--out", default="deploy_prune")
     args = ap.parse_args()
@@ -74,7 +72,7 @@ def main() -> int:
     test = build_loader(test_ds, 250, train=False)
     shape = (1, base.in_chans, size, size)
     pruned = prune_model(base, args.ratio).model
-    row = dict(checkpoint=args.checkpoint, ratio=args.ratio, finetune_epochs=args.finetune_epochs, with_bn=not args.no_bn,
+    row = dict(checkpoint=args.checkpoint, ratio=args.ratio, finetune_epochs=args.finetune_epochs,
                train_aug=aug,
                params_before=count_params(base), params_after=count_params(pruned),
                macs_before=count_macs(base, shape), macs_after=count_macs(pruned, shape),
@@ -83,12 +81,11 @@ def main() -> int:
     row["top1_pruned_recalibrated"] = top1(pruned, test)
     print(json.dumps(row), flush=True)
     t0 = time.perf_counter()
-    finetune(pruned, train_ds, args.finetune_epochs, lr=args.lr, teacher=base if args.distill else None,
-             with_bn=not args.no_bn)
+    finetune(pruned, train_ds, args.finetune_epochs, lr=args.lr, teacher=base if args.distill else None)
     row["finetune_minutes"] = round((time.perf_counter() - t0) / 60, 1)
     row["top1_pruned_finetuned"] = top1(pruned, test)
     if not args.no_control:
-        control = finetune(copy.deepcopy(base), train_ds, args.finetune_epochs, lr=args.lr, with_bn=not args.no_bn)
+        control = finetune(copy.deepcopy(base), train_ds, args.finetune_epochs, lr=args.lr)
         row["top1_unpruned_same_finetune"] = top1(control, test)
     for b in (64, 1):
         x = torch.randn(b, *shape[1:])
@@ -113,7 +110,6 @@ def main() -> int:
              f"- after pruning: per-channel mean/std recalibration on {args.calib_images} training images "
              f"(repvgg.deploy.prune.recalibrate), then fine-tuning: {args.finetune_epochs} epochs, SGD lr {args.lr} one-cycle, label smoothing 0.1, "
              f"the training run's augmentation {r['train_aug'] or '(defaults)'}, "
-             f"{'without BN' if args.no_bn else 'with a BN attached to each conv and folded back afterwards (repvgg.deploy.finetune)'}"
              f"{' with distillation from the unpruned model (T=4, weight 0.5)' if args.distill else ''} "
              f"({r['finetune_minutes']} min)" + ("" if args.no_control else "; control = the unpruned model fine-tuned the same way"), "",
              "| | before | after pruning | after fine-tuning |", "|---|---|---|---|",
