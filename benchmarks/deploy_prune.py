@@ -1,7 +1,8 @@
 """Prune a trained, fused RepVGG (L1 structured, default 30%), fine-tune briefly, and report params,
 MACs, CPU speed (PyTorch and onnxruntime, interleaved medians) and top-1 before/after pruning and
-after fine-tuning (on the augmentation the model was trained with). A control fine-tunes the *unpruned* fused model for the same epochs, so the
-pruning loss is not confused with the effect of extra training.
+after fine-tuning (on the augmentation the model was trained with). A control fine-tunes the
+*unpruned* fused model for the same epochs, so the pruning loss is not confused with the effect of
+extra training.
 
     nice -n 10 python benchmarks/deploy_prune.py --checkpoint runs/deploy_a0_repvgg/deploy.safetensors \
         --ratio 0.3 --finetune-epochs 2

@@ -111,8 +111,8 @@ def _datasets(args, model):
 
     meta = getattr(model, "checkpoint_meta", {})
     size = args.image_size or meta.get("image_size")
-    aug = {"recipe_aug": "simple", **training_augmentation(meta)}  # a fine-tune sees what training saw
-    train_ds, test_ds, info = build_datasets(args.data, args.data_dir, int(size) if size else None, **aug)
+    train_ds, test_ds, info = build_datasets(args.data, args.data_dir, int(size) if size else None,
+                                             **training_augmentation(meta))  # a fine-tune sees what training saw
     if info.in_chans != model.in_chans:
         raise ValueError(f"channel mismatch: the model takes {model.in_chans}-channel images but {args.data} "
                          f"has {info.in_chans}")

@@ -2,7 +2,7 @@
 
 Train it on the augmentation the model was trained with (``repvgg.train.config.training_augmentation``):
 on the full Fashion-MNIST, 3 epochs on the default 4 px crops took the trained A0 x0.5 from 94.11% to
-93.62%, on its own 1 px crops + erasing to 94.20%. Putting a BN back on each conv for the fine-tune
+93.62%, on its own 1 px crops + erasing to 94.13% (benchmarks/results/deploy_prune_full_kd3.md). Putting a BN back on each conv for the fine-tune
 (folded afterwards) made no difference there (30% pruned, 3 epochs: 92.50 vs 92.49), so the convs
 train as they are.
 """

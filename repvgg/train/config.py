@@ -48,6 +48,15 @@ def load_recipe(recipe: str | os.PathLike = "normal") -> dict:
     return cfg
 
 
+AUGMENTATION_KEYS = ("aug", "crop_padding", "random_erasing")  # the settings that shape training images
+
+
+def augmentation_kwargs(cfg: dict) -> dict:
+    """``build_datasets`` kwargs for a config's (or a checkpoint's ``train_aug``) augmentation settings."""
+    return {"recipe_aug": cfg.get("aug") or "simple", "crop_padding": cfg.get("crop_padding"),
+            "erasing": float(cfg.get("random_erasing") or 0.0)}
+
+
 def training_augmentation(meta: dict) -> dict:
     """``build_datasets`` kwargs for the augmentation a checkpoint was trained with.
 
@@ -57,13 +66,10 @@ def training_augmentation(meta: dict) -> dict:
     """
     raw = meta.get("train_aug")
     if raw:
-        aug = json.loads(raw) if isinstance(raw, str) else dict(raw)
-    elif meta.get("recipe") in RECIPES:
-        aug = load_recipe(meta["recipe"])
-    else:
-        return {}
-    return {"recipe_aug": aug.get("aug") or "simple", "crop_padding": aug.get("crop_padding"),
-            "erasing": float(aug.get("random_erasing") or 0.0)}
+        return augmentation_kwargs(json.loads(raw) if isinstance(raw, str) else dict(raw))
+    if meta.get("recipe") in RECIPES:
+        return augmentation_kwargs(load_recipe(meta["recipe"]))
+    return {}
 
 
 def resolve_config(recipe: str | os.PathLike = "normal", overrides: dict | None = None) -> dict:

@@ -31,7 +31,7 @@ from ..factory import create_model
 from ..reparam import reparameterize
 from . import distributed as D
 from .amp import amp_dtype, probe_cpu_amp
-from .config import read_config, save_config
+from .config import AUGMENTATION_KEYS, augmentation_kwargs, read_config, save_config
 from .ema import ModelEma
 from .metrics import MetricsLog
 from .optim import build_optimizer, build_scheduler, scaled_lr
@@ -184,7 +184,7 @@ def _subset(ds, n: int, seed: int):
 def _meta(cfg: dict, info, **extra) -> dict:
     return {"dataset": info.name, "class_names": info.class_names, "image_size": info.image_size,
             "mean": list(info.mean), "std": list(info.std), "recipe": cfg.get("recipe"),
-            "train_aug": {k: cfg.get(k) for k in ("aug", "crop_padding", "random_erasing")}, **extra}
+            "train_aug": {k: cfg.get(k) for k in AUGMENTATION_KEYS}, **extra}
 
 
 class Trainer:
@@ -212,8 +212,7 @@ class Trainer:
 
         seed_everything(cfg["seed"], cfg["deterministic"])
         self.train_ds, self.test_ds, self.info = build_datasets(
-            cfg["data"], cfg["data_dir"], cfg["image_size"], recipe_aug=cfg["aug"],
-            crop_padding=cfg.get("crop_padding"), erasing=cfg.get("random_erasing", 0.0))
+            cfg["data"], cfg["data_dir"], cfg["image_size"], **augmentation_kwargs(cfg))
         if cfg.get("train_subset"):
             self.train_ds = _subset(self.train_ds, int(cfg["train_subset"]), cfg["seed"])
             self.info.num_train = len(self.train_ds)
