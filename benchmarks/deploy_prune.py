@@ -27,7 +27,8 @@ from repvgg.data import build_datasets, build_loader  # noqa: E402
 from repvgg.deploy.common import load_model, time_interleaved, top1  # noqa: E402
 from repvgg.deploy.export import export_model  # noqa: E402
 from repvgg.deploy.finetune import finetune  # noqa: E402
-from repvgg.deploy.prune import prune_model, recalibrate, save_pruned  # noqa: E402
+from repvgg.deploy.prune import prune_model, save_pruned  # noqa: E402
+from repvgg.deploy.repair import REPAIRS, repair  # noqa: E402
 from repvgg.deploy.quantize import calibration_batches, ort_session  # noqa: E402
 from repvgg.train.config import training_augmentation  # noqa: E402
 
@@ -60,7 +61,8 @@ def main() -> int:
     ap.add_argument("--finetune-epochs", type=int, default=2)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--calib-images", type=int, default=512)
+    ap.add_argument("--calib-images", type=int, default=2048)
+    ap.add_argument("--repair", choices=sorted(REPAIRS), default="reconstruct")
     ap.add_argument("--distill", action="store_true", help="fine-tune towards the unpruned model's outputs too")
     ap.add_argument("--no-control", action="store_true", help="skip fine-tuning the unpruned model (saves time)")
     ap.add_argument("--save", default="runs/deploy_prune/a0_pruned30_ft.safetensors")
@@ -78,8 +80,11 @@ def main() -> int:
                params_before=count_params(base), params_after=count_params(pruned),
                macs_before=count_macs(base, shape), macs_after=count_macs(pruned, shape),
                widths_after=pruned.pruned_widths, top1_before=top1(base, test), top1_pruned=top1(pruned, test))
-    recalibrate(pruned, base, torch.cat(calibration_batches(train_ds, 128, -(-args.calib_images // 128)))[: args.calib_images])
-    row["top1_pruned_recalibrated"] = top1(pruned, test)
+    t0 = time.perf_counter()
+    repair(pruned, base, torch.cat(calibration_batches(train_ds, 128, -(-args.calib_images // 128)))[: args.calib_images],
+           args.repair)
+    row.update(repair=args.repair, calib_images=args.calib_images, repair_seconds=round(time.perf_counter() - t0, 1),
+               top1_pruned_repaired=top1(pruned, test))
     print(json.dumps(row), flush=True)
     t0 = time.perf_counter()
     finetune(pruned, train_ds, args.finetune_epochs, lr=args.lr, teacher=base if args.distill else None)
@@ -108,15 +113,15 @@ def main() -> int:
     lines = [f"# Pruning {args.ratio:.0%} of the filters of a trained, fused RepVGG ({args.data})", "",
              f"- command: `{meta['command']}`", f"- hardware: {meta['hardware']}",
              f"- torch {meta['torch']}, onnxruntime {meta['onnxruntime']}; {meta['date']}; test: {meta['test_images']} images",
-             f"- after pruning: per-channel mean/std recalibration on {args.calib_images} training images "
-             f"(repvgg.deploy.prune.recalibrate), then fine-tuning: {args.finetune_epochs} epochs, SGD lr {args.lr} one-cycle, label smoothing 0.1, "
+             f"- after pruning: repair `{args.repair}` on {args.calib_images} training images "
+             f"(repvgg.deploy.repair.{args.repair}, {r['repair_seconds']} s), then fine-tuning: {args.finetune_epochs} epochs, SGD lr {args.lr} one-cycle, label smoothing 0.1, "
              f"the training run's augmentation {r['train_aug'] or '(defaults)'}, "
              f"{' with distillation from the unpruned model (T=4, weight 0.5)' if args.distill else ''} "
              f"({r['finetune_minutes']} min)" + ("" if args.no_control else "; control = the unpruned model fine-tuned the same way"), "",
              "| | before | after pruning | after fine-tuning |", "|---|---|---|---|",
              f"| params | {r['params_before']:,} | {r['params_after']:,} | {r['params_after']:,} |",
              f"| MACs / image | {r['macs_before']:,} | {r['macs_after']:,} | {r['macs_after']:,} |",
-             f"| top-1 % | {r['top1_before']:.2f} | {r['top1_pruned']:.2f} (recalibrated: {r['top1_pruned_recalibrated']:.2f}) "
+             f"| top-1 % | {r['top1_before']:.2f} | {r['top1_pruned']:.2f} ({args.repair}: {r['top1_pruned_repaired']:.2f}) "
              f"| {r['top1_pruned_finetuned']:.2f} "
              + (f"(unpruned, same fine-tune: {r['top1_unpruned_same_finetune']:.2f}) |" if "top1_unpruned_same_finetune" in r
                 else "(control not run) |"),

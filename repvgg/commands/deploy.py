@@ -56,8 +56,11 @@ def register(sub) -> None:
     r.add_argument("--data-dir")
     r.add_argument("--image-size", type=int, help="resize the data (default: the checkpoint's training size)")
     r.add_argument("--finetune-epochs", type=int, default=0)
-    r.add_argument("--calib-images", type=int, default=512,
-                   help="training images for the per-channel statistics recalibration after pruning (with --data; 0 = off)")
+    r.add_argument("--repair", choices=["reconstruct", "recalibrate"], default="reconstruct",
+                   help="before fine-tuning: refit each conv by least squares to the unpruned model's outputs "
+                        "(reconstruct) or only match per-channel mean/std (recalibrate)")
+    r.add_argument("--calib-images", type=int, default=2048,
+                   help="training images for the repair after pruning (with --data; 0 = no repair)")
     r.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
     r.add_argument("--distill", action="store_true", help="fine-tune towards the unpruned model's outputs as well")
     r.add_argument("--batch-size", type=int, default=128)
@@ -170,7 +173,8 @@ def run_prune(args) -> int:
     from ..complexity import count_macs, count_params
     from ..deploy.common import default_image_size, load_model, time_interleaved, top1
     from ..deploy.finetune import finetune
-    from ..deploy.prune import prune_model, recalibrate, save_pruned
+    from ..deploy.prune import prune_model, save_pruned
+    from ..deploy.repair import repair
     from ..deploy.quantize import calibration_batches
 
     if not 0 < args.ratio < 1:
@@ -195,8 +199,9 @@ def run_prune(args) -> int:
         rows.append(("top-1 %", top1(model, loader), top1(pruned, loader)))
         if args.calib_images > 0:
             n = -(-args.calib_images // args.batch_size)
-            recalibrate(pruned, model, torch.cat(calibration_batches(data[0], args.batch_size, n))[: args.calib_images])
-            rows.append((f"top-1 % recalibrated ({args.calib_images} img)", None, top1(pruned, loader)))
+            repair(pruned, model, torch.cat(calibration_batches(data[0], args.batch_size, n))[: args.calib_images],
+                   args.repair)
+            rows.append((f"top-1 % after {args.repair} ({args.calib_images} img)", None, top1(pruned, loader)))
         if args.finetune_epochs:
             finetune(pruned, data[0], args.finetune_epochs, lr=args.lr, batch_size=args.batch_size,
                      teacher=model if args.distill else None)

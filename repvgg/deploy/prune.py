@@ -99,7 +99,7 @@ def prune_model(model: nn.Module, ratio: float, multiple_of: int = 8, log=print)
             keep = l1_keep(torch.stack([b.fused.weight.abs().flatten(1).sum(1) for b in members]).sum(0), keep_n)
             for b in members:
                 _keep_outputs(b, keep)
-                b.kept_channels = keep  # which original channels survive: used by recalibrate()
+                b.kept_channels = keep  # which original channels survive: used by repair.recalibrate/reconstruct
             for cons in consumers:
                 if isinstance(cons, RepVGGBlock):
                     _keep_inputs(cons, keep)
@@ -116,30 +116,6 @@ def prune_model(model: nn.Module, ratio: float, multiple_of: int = 8, log=print)
     for s in skipped:
         log(f"prune: {s}")
     return PruneResult(model, widths, skipped)
-
-
-@torch.no_grad()
-def recalibrate(pruned: nn.Module, original: nn.Module, images: torch.Tensor) -> nn.Module:
-    """Match each kept channel's pre-activation mean and std to the unpruned model's, layer by layer.
-
-    A plain model has no BN left to re-estimate statistics after pruning, so the shift that
-    removed channels cause compounds over 22 layers (a trained A0 falls to chance at 30%). Here
-    the correction ``a * z + b`` per channel is computed on ``images`` and folded into the conv's
-    weight and bias: same architecture, no gradient step, and a far better start for fine-tuning.
-    """
-    h_p, h_o = images, images
-    for bp, bo in zip(plain_layers(pruned), plain_layers(original)):
-        keep = getattr(bp, "kept_channels", None)
-        z_p, z_o = bp.fused(h_p), bo.fused(h_o)
-        if keep is not None:
-            z_o = z_o[:, keep]
-        dims = (0, 2, 3)
-        a = (z_o.std(dims) / z_p.std(dims).clamp_min(1e-6)).clamp(0.1, 10.0)
-        b = z_o.mean(dims) - a * z_p.mean(dims)
-        bp.fused.weight.mul_(a.view(-1, 1, 1, 1))
-        bp.fused.bias.mul_(a).add_(b)
-        h_p, h_o = bp(h_p), bo(h_o)
-    return pruned
 
 
 def _original_widths(model) -> list[int]:
