@@ -58,6 +58,7 @@ def main() -> int:
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--data", default="fashion-mnist-builtin")
     ap.add_argument("--ratio", type=float, default=0.3)
+    ap.add_argument("--multiple-of", type=int, default=8, help="round kept widths to a multiple of this")
     ap.add_argument("--finetune-epochs", type=int, default=2)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--repeats", type=int, default=15)
@@ -74,8 +75,8 @@ def main() -> int:
     train_ds, test_ds, info = build_datasets(args.data, image_size=size, **aug)
     test = build_loader(test_ds, 250, train=False)
     shape = (1, base.in_chans, size, size)
-    pruned = prune_model(base, args.ratio).model
-    row = dict(checkpoint=args.checkpoint, ratio=args.ratio, finetune_epochs=args.finetune_epochs,
+    pruned = prune_model(base, args.ratio, multiple_of=args.multiple_of).model
+    row = dict(checkpoint=args.checkpoint, ratio=args.ratio, multiple_of=args.multiple_of, finetune_epochs=args.finetune_epochs,
                train_aug=aug,
                params_before=count_params(base), params_after=count_params(pruned),
                macs_before=count_macs(base, shape), macs_after=count_macs(pruned, shape),
@@ -133,7 +134,7 @@ def main() -> int:
              f"({r['speedup_torch_b1']:.2f}x) | same |",
              f"| onnxruntime CPU ms, batch 1 | {r['ort_before_ms_b1']:.2f} | {r['ort_after_ms_b1']:.2f} "
              f"({r['speedup_ort_b1']:.2f}x) | same |", "",
-             f"Pruned widths: {r['widths_after']}"]
+             f"Pruned widths (rounded to multiples of {args.multiple_of}): {r['widths_after']}"]
     (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     return 0
 

@@ -52,6 +52,8 @@ def register(sub) -> None:
                                    "top-1 before/after pruning and after fine-tuning.")
     _common(r, "pruned checkpoint (.safetensors/.pth); widths are stored in its metadata")
     r.add_argument("--ratio", type=float, required=True, help="fraction of filters removed per layer, in (0, 1)")
+    r.add_argument("--multiple-of", type=int, default=8,
+                   help="round kept widths to a multiple of this (8: fastest CPU kernels; 1: exactly the ratio)")
     r.add_argument("--data", help="dataset for top-1 and fine-tuning (needed with --finetune-epochs)")
     r.add_argument("--data-dir")
     r.add_argument("--image-size", type=int, help="resize the data (default: the checkpoint's training size)")
@@ -179,13 +181,15 @@ def run_prune(args) -> int:
 
     if not 0 < args.ratio < 1:
         raise ValueError(f"--ratio must be strictly between 0 and 1 (the fraction of filters removed), got {args.ratio}")
+    if args.multiple_of < 1:
+        raise ValueError(f"--multiple-of must be a positive integer (kept widths are rounded to it), got {args.multiple_of}")
     if args.finetune_epochs and not args.data:
         raise ValueError("--finetune-epochs needs --data (the training images)")
     if not args.out:
         raise ValueError("--out is required: where to write the pruned checkpoint")
     model = load_model(args.checkpoint, args.model, args.num_classes)
     data = _datasets(args, model) if args.data else None
-    result = prune_model(model, args.ratio)
+    result = prune_model(model, args.ratio, multiple_of=args.multiple_of)
     pruned = result.model
     size = (data[2].image_size,) * 2 if data else (args.image_size,) * 2 if args.image_size else default_image_size(model)
     shape = (1, model.in_chans, *size)

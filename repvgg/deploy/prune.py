@@ -76,6 +76,8 @@ def prune_model(model: nn.Module, ratio: float, multiple_of: int = 8, log=print)
     """
     if not (isinstance(ratio, (int, float)) and 0 < ratio < 1):
         raise ValueError(f"--ratio must be strictly between 0 and 1 (the fraction of filters removed), got {ratio}")
+    if isinstance(multiple_of, bool) or not isinstance(multiple_of, int) or multiple_of < 1:
+        raise ValueError(f"--multiple-of must be a positive integer (kept widths are rounded to it), got {multiple_of}")
     import copy
 
     model = copy.deepcopy(model).eval()
