@@ -1,4 +1,6 @@
 """Repairing a pruned plain model without gradients: per-channel recalibration, least-squares refit."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -78,8 +80,7 @@ def test_reconstruct_tracks_the_unpruned_logits_better_than_recalibration():
     original, pruned = pruned_pair()
     x = torch.randn(256, 3, 16, 16, dtype=torch.float64)
     held_out = torch.randn(256, 3, 16, 16, dtype=torch.float64)
-    rec, cal = pruned_pair()[1], pruned
-    rec.load_state_dict(pruned.state_dict())
+    rec, cal = copy.deepcopy(pruned), pruned
     reconstruct(rec, original, x)
     recalibrate(cal, original, x)
     with torch.no_grad():
@@ -114,3 +115,13 @@ def test_cli_prune_repairs_on_real_images(tmp_path, capsys, method):
     text = capsys.readouterr().out
     assert rc == 0 and f"top-1 % after {method} (64 img)" in text
     assert load_model(out, log=quiet).num_features == plain_layers(load_model(out, log=quiet))[-1].out_channels
+
+
+def test_reconstruct_does_not_depend_on_how_the_patches_are_chunked():
+    original, pruned = pruned_pair(ratio=0.3)
+    other = copy.deepcopy(pruned)
+    x = torch.randn(32, 3, 16, 16, dtype=torch.float64)
+    reconstruct(pruned, original, x)                       # all images in one block
+    reconstruct(other, original, x, chunk_elements=1)      # one image at a time
+    for (k, a), b in zip(pruned.state_dict().items(), other.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=k)

@@ -38,22 +38,26 @@ def recalibrate(pruned: nn.Module, original: nn.Module, images: torch.Tensor) ->
 
 @torch.no_grad()
 def reconstruct(pruned: nn.Module, original: nn.Module, images: torch.Tensor, *, ridge: float = 1e-2,
-                chunk: int = 256) -> nn.Module:
+                chunk_elements: int = 2**24) -> nn.Module:
     """Refit every conv of ``pruned`` (and its classifier) by least squares to ``original``'s outputs.
 
     Layer l's kernel and bias minimise ``||conv(x_pruned) - z_original[kept]||^2`` over ``images``,
     where ``x_pruned`` is what the already repaired layers before it produce, plus a ridge term of
     ``ridge`` times the mean diagonal of the normal matrix (keeps layers with few positions per
     unknown well posed). Grouped convs, which pruning leaves alone, get :func:`recalibrate`'s
-    per-channel correction instead. Solved in float64; ``chunk`` images at a time bound memory.
+    per-channel correction instead. Solved in float64. The patch matrix is built a few images at a
+    time (at most ``chunk_elements`` entries); both models' activations of all ``images`` are held at
+    once, so at 224 px use a few hundred images (2048 at 28 px: 12 s, 0.76 GB peak on a 2-core Xeon).
     """
     h_p, h_o = images, images
     for bp, bo in zip(plain_layers(pruned), plain_layers(original)):
         conv = bp.fused
         z_o = _kept(bp, bo.fused(h_o))
         if conv.groups == 1:
-            cols = _chunks(h_p, chunk, lambda x: _patches(x, conv))
-            w = _ridge_solve(cols, _chunks(z_o, chunk, _positions), ridge)
+            per_image = z_o[0].numel() // z_o.shape[1] * (conv.weight[0].numel() + 1)   # positions x unknowns
+            n = max(1, chunk_elements // per_image)
+            cols = _chunks(h_p, n, lambda x: _patches(x, conv))
+            w = _ridge_solve(cols, _chunks(z_o, n, _positions), ridge)
             conv.weight.copy_(w[:-1].T.reshape(conv.weight.shape))
             conv.bias.copy_(w[-1])
         else:
