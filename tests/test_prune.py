@@ -142,3 +142,9 @@ def test_cli_prune_bad_input(tmp_path, capsys, argv, message):
     rc = main(["prune", "--checkpoint", str(tmp_path / "missing.safetensors"), "--out", str(out), *argv])
     assert rc == 2 and message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_finetune_refuses_a_distill_weight_outside_0_1():
+    model = prune_model(repvgg.reparameterize(tiny()), 0.5, multiple_of=1, log=quiet).model
+    with pytest.raises(ValueError, match="distill_weight must be in"):
+        finetune(model, None, 1, teacher=model, distill_weight=1.5)

@@ -15,16 +15,19 @@ import torch.nn.functional as F
 
 def finetune(model: nn.Module, train_ds, epochs: int, *, lr: float = 0.01, batch_size: int = 128,
              weight_decay: float = 5e-5, label_smoothing: float = 0.1, seed: int = 0,
-             teacher: nn.Module | None = None, temperature: float = 4.0, log=print) -> nn.Module:
+             teacher: nn.Module | None = None, temperature: float = 4.0, distill_weight: float = 0.5,
+             log=print) -> nn.Module:
     """Briefly retrain a fused (e.g. pruned) model: SGD + one-cycle, bf16 where it is faster.
 
-    With ``teacher`` (the unpruned model) half the loss is distillation towards its softened
-    outputs: the teacher knows what the removed channels computed, the labels alone do not.
+    With ``teacher`` (the unpruned model) a ``distill_weight`` share of the loss is distillation towards
+    its softened outputs: the teacher knows what the removed channels computed, the labels alone do not.
     """
     from ..data import build_loader
 
     if epochs < 1:
         return model
+    if not 0.0 <= distill_weight <= 1.0:
+        raise ValueError(f"distill_weight must be in [0, 1], got {distill_weight}")
     torch.manual_seed(seed)
     loader = build_loader(train_ds, batch_size, train=True, seed=seed)
     decay = [p for p in model.parameters() if p.ndim > 1]
@@ -47,7 +50,7 @@ def finetune(model: nn.Module, train_ds, epochs: int, *, lr: float = 0.01, batch
                     with torch.no_grad():
                         soft = F.softmax(teacher(x).float() / temperature, 1)
                     kd = F.kl_div(F.log_softmax(logits.float() / temperature, 1), soft, reduction="batchmean")
-                    loss = 0.5 * loss + 0.5 * temperature**2 * kd
+                    loss = (1 - distill_weight) * loss + distill_weight * temperature**2 * kd
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
