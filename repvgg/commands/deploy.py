@@ -61,8 +61,9 @@ def register(sub) -> None:
     r.add_argument("--repair", choices=["reconstruct", "recalibrate"], default="reconstruct",
                    help="before fine-tuning: refit each conv by least squares to the unpruned model's outputs "
                         "(reconstruct) or only match per-channel mean/std (recalibrate)")
-    r.add_argument("--calib-images", type=int, default=2048,
-                   help="training images for the repair after pruning (with --data; 0 = no repair)")
+    r.add_argument("--calib-images", type=int,
+                   help="training images for the repair after pruning (with --data; 0 = no repair; default 2048 "
+                        "up to 64 px, 256 above: the repair holds both models' activations of all of them)")
     r.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
     r.add_argument("--distill", action="store_true", help="fine-tune towards the unpruned model's outputs as well")
     r.add_argument("--batch-size", type=int, default=128)
@@ -201,11 +202,11 @@ def run_prune(args) -> int:
     if data:
         loader = _test_loader(data[1], 256, args.eval_images)
         rows.append(("top-1 %", top1(model, loader), top1(pruned, loader)))
-        if args.calib_images > 0:
-            n = -(-args.calib_images // args.batch_size)
-            repair(pruned, model, torch.cat(calibration_batches(data[0], args.batch_size, n))[: args.calib_images],
-                   args.repair)
-            rows.append((f"top-1 % after {args.repair} ({args.calib_images} img)", None, top1(pruned, loader)))
+        calib = args.calib_images if args.calib_images is not None else 2048 if max(size) <= 64 else 256
+        if calib > 0:
+            n = -(-calib // args.batch_size)
+            repair(pruned, model, torch.cat(calibration_batches(data[0], args.batch_size, n))[:calib], args.repair)
+            rows.append((f"top-1 % after {args.repair} ({calib} img)", None, top1(pruned, loader)))
         if args.finetune_epochs:
             finetune(pruned, data[0], args.finetune_epochs, lr=args.lr, batch_size=args.batch_size,
                      teacher=model if args.distill else None)
