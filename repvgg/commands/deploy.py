@@ -13,6 +13,7 @@ def _common(p, out_help: str) -> None:
 
 def register(sub) -> None:
     from ..deploy.export import DEFAULT_OPSET, FORMATS, ONNX_OPSETS, TOLERANCE
+    from ..deploy.repair import REPAIRS
 
     e = sub.add_parser("export", help="export a fused model to ONNX / TorchScript / torch.export, verified",
                        description="Export a RepVGG as its plain deploy network and check the file against "
@@ -58,7 +59,7 @@ def register(sub) -> None:
     r.add_argument("--data-dir")
     r.add_argument("--image-size", type=int, help="resize the data (default: the checkpoint's training size)")
     r.add_argument("--finetune-epochs", type=int, default=0)
-    r.add_argument("--repair", choices=["reconstruct", "recalibrate"], default="reconstruct",
+    r.add_argument("--repair", choices=list(REPAIRS), default="reconstruct",
                    help="before fine-tuning: refit each conv by least squares to the unpruned model's outputs "
                         "(reconstruct) or only match per-channel mean/std (recalibrate)")
     r.add_argument("--calib-images", type=int,
