@@ -29,7 +29,7 @@ from repvgg.deploy.export import export_model  # noqa: E402
 from repvgg.deploy.finetune import finetune  # noqa: E402
 from repvgg.deploy.prune import prune_model, save_pruned  # noqa: E402
 from repvgg.deploy.repair import REPAIRS, repair  # noqa: E402
-from repvgg.deploy.quantize import calibration_batches, ort_session  # noqa: E402
+from repvgg.deploy.quantize import calibration_images, ort_session  # noqa: E402
 from repvgg.train.config import training_augmentation  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -83,8 +83,7 @@ def main() -> int:
                macs_before=count_macs(base, shape), macs_after=count_macs(pruned, shape),
                widths_after=pruned.pruned_widths, top1_before=top1(base, test), top1_pruned=top1(pruned, test))
     t0 = time.perf_counter()
-    repair(pruned, base, torch.cat(calibration_batches(train_ds, 128, -(-args.calib_images // 128)))[: args.calib_images],
-           args.repair)
+    repair(pruned, base, calibration_images(train_ds, args.calib_images), args.repair)
     row.update(repair=args.repair, calib_images=args.calib_images, repair_seconds=round(time.perf_counter() - t0, 1),
                top1_pruned_repaired=top1(pruned, test))
     print(json.dumps(row), flush=True)

@@ -177,14 +177,11 @@ def run_prune(args) -> int:
     from ..complexity import count_macs, count_params
     from ..deploy.common import default_image_size, load_model, time_interleaved, top1
     from ..deploy.finetune import finetune
-    from ..deploy.prune import prune_model, save_pruned
+    from ..deploy.prune import check_prune_args, prune_model, save_pruned
+    from ..deploy.quantize import calibration_images
     from ..deploy.repair import repair
-    from ..deploy.quantize import calibration_batches
 
-    if not 0 < args.ratio < 1:
-        raise ValueError(f"--ratio must be strictly between 0 and 1 (the fraction of filters removed), got {args.ratio}")
-    if args.multiple_of < 1:
-        raise ValueError(f"--multiple-of must be a positive integer (kept widths are rounded to it), got {args.multiple_of}")
+    check_prune_args(args.ratio, args.multiple_of)  # before anything is loaded
     if args.finetune_epochs and not args.data:
         raise ValueError("--finetune-epochs needs --data (the training images)")
     if not args.out:
@@ -205,8 +202,7 @@ def run_prune(args) -> int:
         rows.append(("top-1 %", top1(model, loader), top1(pruned, loader)))
         calib = args.calib_images if args.calib_images is not None else 2048 if max(size) <= 64 else 256
         if calib > 0:
-            n = -(-calib // args.batch_size)
-            repair(pruned, model, torch.cat(calibration_batches(data[0], args.batch_size, n))[:calib], args.repair)
+            repair(pruned, model, calibration_images(data[0], calib, args.batch_size), args.repair)
             rows.append((f"top-1 % after {args.repair} ({calib} img)", None, top1(pruned, loader)))
         if args.finetune_epochs:
             finetune(pruned, data[0], args.finetune_epochs, lr=args.lr, batch_size=args.batch_size,

@@ -68,16 +68,21 @@ def coupled_groups(model: nn.Module) -> list[tuple[str, list[RepVGGBlock], list[
     return out
 
 
+def check_prune_args(ratio: float, multiple_of: int = 8) -> None:
+    """Refuse a ratio outside (0, 1) or a width multiple below 1 (the CLI calls this before loading)."""
+    if not (isinstance(ratio, (int, float)) and 0 < ratio < 1):
+        raise ValueError(f"--ratio must be strictly between 0 and 1 (the fraction of filters removed), got {ratio}")
+    if isinstance(multiple_of, bool) or not isinstance(multiple_of, int) or multiple_of < 1:
+        raise ValueError(f"--multiple-of must be a positive integer (kept widths are rounded to it), got {multiple_of}")
+
+
 def prune_model(model: nn.Module, ratio: float, multiple_of: int = 8, log=print) -> PruneResult:
     """A smaller plain model with ``ratio`` of the filters of every prunable layer removed.
 
     Kept counts are rounded to ``multiple_of`` (CPU kernels run fastest on multiples of 8),
     and at least ``multiple_of`` (or the layer's width, if smaller) are kept.
     """
-    if not (isinstance(ratio, (int, float)) and 0 < ratio < 1):
-        raise ValueError(f"--ratio must be strictly between 0 and 1 (the fraction of filters removed), got {ratio}")
-    if isinstance(multiple_of, bool) or not isinstance(multiple_of, int) or multiple_of < 1:
-        raise ValueError(f"--multiple-of must be a positive integer (kept widths are rounded to it), got {multiple_of}")
+    check_prune_args(ratio, multiple_of)
     import copy
 
     model = copy.deepcopy(model).eval()

@@ -77,6 +77,11 @@ def calibration_batches(train_ds, batch_size: int, n_batches: int, seed: int = 0
     return out
 
 
+def calibration_images(train_ds, n_images: int, batch_size: int = 128, seed: int = 0) -> torch.Tensor:
+    """The first ``n_images`` of :func:`calibration_batches` as one tensor (e.g. for repairing a pruned model)."""
+    return torch.cat(calibration_batches(train_ds, batch_size, -(-n_images // batch_size), seed))[:n_images]
+
+
 class _Reader:
     """onnxruntime's CalibrationDataReader over a list of batches."""
 

@@ -54,7 +54,7 @@ def reconstruct(pruned: nn.Module, original: nn.Module, images: torch.Tensor, *,
         conv = bp.fused
         z_o = _kept(bp, bo.fused(h_o))
         if conv.groups == 1:
-            per_image = z_o[0].numel() // z_o.shape[1] * (conv.weight[0].numel() + 1)   # positions x unknowns
+            per_image = z_o.shape[2] * z_o.shape[3] * (conv.weight[0].numel() + 1)   # positions x unknowns
             n = max(1, chunk_elements // per_image)
             cols = _chunks(h_p, n, lambda x: _patches(x, conv))
             w = _ridge_solve(cols, _chunks(z_o, n, _positions), ridge)
