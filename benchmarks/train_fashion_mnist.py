@@ -87,6 +87,7 @@ def main() -> int:
     ap.add_argument("--model", default="repvgg_a0")
     ap.add_argument("--block", default="repvgg")
     ap.add_argument("--epochs", type=int)
+    ap.add_argument("--depths", help="blocks per stage 1-4, e.g. 1,2,4,1 (default: the recipe's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--data-dir")
     ap.add_argument("--threads", type=int, help="torch threads (1 on a machine shared with other jobs)")
@@ -107,6 +108,8 @@ def main() -> int:
            "--device", args.device]
     if args.epochs:
         cmd += ["--epochs", str(args.epochs)]
+    if args.depths:
+        cmd += ["--depths", args.depths]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     if args.threads:
@@ -150,6 +153,8 @@ def report(args, out: Path, stem: Path, cmd: list[str], rc, wall, started: str, 
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     cfg = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").exists() else {}
     model_desc = f"{args.model} x{cfg.get('width', 1.0):g} width" if cfg.get("width", 1.0) != 1 else args.model
+    if cfg.get("depths"):
+        model_desc += f", depths {cfg['depths']}"
     hit = next((r for r in rows if r.get("val_top1", 0) >= args.target), None)
     if wall is None and rows:
         wall = rows[-1]["elapsed_s"]

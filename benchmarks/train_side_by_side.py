@@ -6,7 +6,7 @@
 Reads results/train_fashion_mnist_<tag>.json for each tag (written by train_fashion_mnist.py) and
 writes results/<out>.md (one row per run, then the mean per block and the difference of the means)
 and results/<out>.png (test top-1 against wall time, every run). Runs are compared only when they
-share recipe, model, epochs and hardware: anything else is refused, since the comparison would
+share recipe, model, depths, epochs and hardware: anything else is refused, since the comparison would
 then measure more than the branches.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling script, 
 from train_fashion_mnist import plot_curves  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-MUST_MATCH = ("recipe", "model", "epochs", "cpu", "torch")
+MUST_MATCH = ("recipe", "model", "depths", "epochs", "cpu", "torch")
 
 
 def load(tag: str) -> dict:
@@ -35,7 +35,7 @@ def load(tag: str) -> dict:
         raise SystemExit(f"run '{tag}' did not finish (exit code {r.get('exit_code')}): not comparable")
     cfg = yaml.safe_load(r["config"])
     rows = r["time_to_accuracy"]
-    return dict(tag=tag, block=r["block"], recipe=r["recipe"], model=r["model"], epochs=cfg["epochs"],
+    return dict(tag=tag, block=r["block"], recipe=r["recipe"], model=r["model"], depths=cfg.get("depths"), epochs=cfg["epochs"],
                 seed=cfg["seed"], amp=cfg["amp"], cpu=r["hardware"]["cpu"], torch=r["versions"]["torch"],
                 wall_min=r["wall_s"] / 60, train_min=rows[-1]["elapsed_s"] / 60,
                 img_s=statistics.median(x["img_per_s"] for x in rows),

@@ -61,14 +61,17 @@ ARCHS: dict[str, RepVGGArch] = {
 }
 
 
-def resize_arch(arch: RepVGGArch, width: float = 1.0,
-                channels: Sequence[int] | None = None) -> RepVGGArch:
-    """``arch`` with a and b scaled by ``width``, or with explicit (stem, 4 stages) ``channels``.
+def resize_arch(arch: RepVGGArch, width: float = 1.0, channels: Sequence[int] | None = None,
+                depths: Sequence[int] | None = None) -> RepVGGArch:
+    """``arch`` with a and b scaled by ``width``, or with explicit (stem, 4 stages) ``channels``,
+    and with other per-stage block counts ``depths``.
 
-    Why: small data and CPU budgets want thinner nets than the zoo (width=0.5 is 1/4 the compute),
-    and a pruned plain model is the zoo model with fewer channels per stage. Either one drops the
-    paper's ImageNet top-1, which no longer describes the model.
+    Why: small data and CPU budgets want thinner (width=0.5 is 1/4 the compute) and shallower nets
+    than the zoo, and a pruned plain model is the zoo model with fewer channels per stage. Any of
+    them drops the paper's ImageNet top-1, which no longer describes the model.
     """
+    if depths is not None:
+        arch = dataclasses.replace(arch, depths=check_depths(depths, len(arch.depths)), top1=None)
     if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 8:
         raise ValueError(f"width must be a multiplier in (0, 8], got {width!r}")
     if channels is not None:
@@ -93,6 +96,21 @@ def resize_arch(arch: RepVGGArch, width: float = 1.0,
         raise ValueError(f"width {width} gives widths {(scaled.stem_width, *scaled.widths)}, "
                          f"too thin or not divisible by groups={arch.groups}; use another width")
     return scaled
+
+
+def check_depths(depths: Sequence[int], stages: int = 4) -> tuple[int, ...]:
+    """``depths`` as a tuple of ``stages`` block counts >= 1, or a ValueError saying what is wrong.
+
+    Why: on 28-32 px images the A-series' 14 blocks at 4x4 px are 70% of the training compute; a
+    CPU budget buys more epochs with fewer of them (see recipes/small.yaml).
+    """
+    if isinstance(depths, (str, bytes)) or not isinstance(depths, Sequence):
+        raise ValueError(f"depths must be {stages} block counts (stages 1..{stages}), got {depths!r}")
+    depths = tuple(depths)
+    if len(depths) != stages or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1
+                                        for d in depths):
+        raise ValueError(f"depths must be {stages} block counts >= 1 (stages 1..{stages}), got {list(depths)}")
+    return depths
 
 
 def canonical_name(name: str) -> str:

@@ -30,6 +30,7 @@ def create_model(
     out_indices: Sequence[int] = (0, 1, 2, 3, 4),
     width: float = 1.0,
     channels: Sequence[int] | None = None,
+    depths: Sequence[int] | None = None,
     **kwargs,
 ) -> nn.Module:
     """Build a RepVGG by name ("repvgg_a0" or the paper's "RepVGG-A0").
@@ -38,7 +39,8 @@ def create_model(
     ``small_input`` (stride-1 stem for 28-32 px images), ``output_stride`` (8/16 dilate the last
     stages), ``drop_rate``. ``width`` scales every stage's channels (0.5 = a quarter of the
     compute, for small data on a CPU); ``channels`` sets (stem, stage 1..4) widths outright, as a
-    pruned model has them. ``checkpoint`` loads weights in any supported format and naming; a
+    pruned model has them; ``depths`` sets the blocks per stage (e.g. (2, 4, 6, 1): fewer of the
+    A-series' 14 blocks at 4x4 px when 28 px images train on a CPU). ``checkpoint`` loads weights in any supported format and naming; a
     train-time checkpoint loaded into ``deploy=True`` is fused on the way in. ``pretrained=True``
     loads the official ImageNet weights (downloaded once, see :mod:`repvgg.hub`); with another
     ``num_classes`` the head is left untrained.
@@ -46,15 +48,17 @@ def create_model(
     canonical = canonical_name(name)
     if pretrained and checkpoint is not None:
         raise ValueError("give either pretrained=True or checkpoint=..., not both")
-    if pretrained and (width != 1 or channels is not None):
-        raise ValueError("pretrained weights exist only for the zoo widths; drop width/channels")
-    arch = resize_arch(ARCHS[canonical], width, channels)
+    if pretrained and (width != 1 or channels is not None or depths is not None):
+        raise ValueError("pretrained weights exist only for the zoo shapes; drop width/channels/depths")
+    arch = resize_arch(ARCHS[canonical], width, channels, depths)
     cls = ResidualReorg if kwargs.get("block") == "residual_reorg" else RepVGG  # a network, not a block
     model = cls(arch, num_classes=num_classes, in_chans=in_chans, deploy=deploy, **kwargs)
     # What rebuilds this model: saved in checkpoint metadata so a file says what it holds.
     resized = {"width": width} if width != 1 else {}
     if channels is not None:
         resized = {"channels": [int(c) for c in channels]}
+    if depths is not None:
+        resized["depths"] = list(arch.depths)
     model.build_args = dict(name=canonical, num_classes=num_classes, in_chans=in_chans, **resized, **kwargs)
     if pretrained:
         from .hub import load_pretrained

@@ -34,8 +34,10 @@ def test_dead_filters_are_removed_exactly():
         torch.testing.assert_close(result.model(x), model(x), rtol=1e-5, atol=1e-5)
 
 
-def test_pruned_model_is_smaller_and_round_trips(tmp_path):
-    model = repvgg.create_model("repvgg_a0", num_classes=10, in_chans=1, small_input=True, deploy=True).eval()
+@pytest.mark.parametrize("shape", [{}, dict(width=0.5, depths=(1, 2, 4, 1))])
+def test_pruned_model_is_smaller_and_round_trips(tmp_path, shape):
+    model = repvgg.create_model("repvgg_a0", num_classes=10, in_chans=1, small_input=True, deploy=True,
+                                **shape).eval()
     result = prune_model(model, 0.3, log=quiet)
     p0 = sum(p.numel() for p in model.parameters())
     p1 = sum(p.numel() for p in result.model.parameters())

@@ -1,4 +1,4 @@
-"""Thinner and explicitly sized models: create_model(width=...) and create_model(channels=...)."""
+"""Thinner, shallower and explicitly sized models: create_model(width=, channels=, depths=)."""
 import pytest
 import torch
 
@@ -23,6 +23,15 @@ def test_channels_set_the_widths_outright():
     assert m.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 7)
 
 
+def test_depths_set_the_blocks_per_stage():
+    arch = resize_arch(ARCHS["repvgg_a0"], 0.5, depths=[1, 2, 4, 1])
+    assert arch.depths == (1, 2, 4, 1) and arch.widths == (24, 48, 96, 640) and arch.top1 is None
+    m = repvgg.create_model("repvgg_a0", num_classes=3, in_chans=1, width=0.5, depths=(1, 2, 4, 1))
+    assert [len(s) for s in m.stages] == [1, 2, 4, 1] and m.build_args["depths"] == [1, 2, 4, 1]
+    assert [s[0].stride for s in m.stages] == [2, 2, 2, 2]  # each stage still starts with its stride
+    assert m.eval()(torch.randn(2, 1, 32, 32)).shape == (2, 3)
+
+
 @pytest.mark.parametrize("kwargs,msg", [
     (dict(width=0), "width must be"),
     (dict(width=-1.0), "width must be"),
@@ -32,6 +41,11 @@ def test_channels_set_the_widths_outright():
     (dict(channels=(8, 8, 8, 8, 0)), "5 positive ints"),
     (dict(width=0.5, channels=(8, 8, 8, 8, 8)), "not both"),
     (dict(width=0.5, pretrained=True), "pretrained"),
+    (dict(depths=(2, 4, 1)), "4 block counts"),
+    (dict(depths=(2, 4, 0, 1)), "4 block counts"),
+    (dict(depths=(2, 4, 1.5, 1)), "4 block counts"),
+    (dict(depths="2,4,6,1"), "4 block counts"),
+    (dict(depths=(2, 4, 6, 1), pretrained=True), "pretrained"),
 ])
 def test_bad_sizes_are_refused_with_a_clear_message(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
@@ -43,7 +57,8 @@ def test_groups_must_divide_the_channels():
         repvgg.create_model("repvgg_b1g4", channels=(16, 30, 64, 64, 64))
 
 
-@pytest.mark.parametrize("size", [dict(width=0.25), dict(channels=[8, 12, 16, 24, 40])])
+@pytest.mark.parametrize("size", [dict(width=0.25), dict(channels=[8, 12, 16, 24, 40]),
+                                  dict(width=0.25, depths=[1, 3, 2, 1])])
 def test_resized_model_fuses_exactly_and_rebuilds_from_its_checkpoint(tmp_path, size):
     """The size is in build_args, so a checkpoint rebuilds the same model (train and deploy form)."""
     model = randomize_bn_(repvgg.create_model("repvgg_a0", num_classes=5, in_chans=1, small_input=True,

@@ -8,7 +8,8 @@ import yaml
 from safetensors.torch import load_file
 
 from repvgg import create_model
-from repvgg.checkpoint import read_metadata
+from repvgg.checkpoint import model_from_checkpoint, read_metadata
+from repvgg.cli import main
 from repvgg.data import read_idx, write_idx
 from repvgg.data.fashion_mnist import BUILTIN_DIR
 from repvgg.train import (TrainingInterrupted, load_recipe, lr_factor, param_groups, prepare_run,
@@ -81,10 +82,24 @@ def test_recipes_load_and_match_the_paper():
 @pytest.mark.parametrize("key,value,msg", [("width", 0, "width must be"), ("crop_padding", -1, "crop_padding"),
                                            ("crop_padding", 1.5, "crop_padding"),
                                            ("random_erasing", 1.5, "random_erasing"),
-                                           ("random_erasing", True, "random_erasing")])
+                                           ("random_erasing", True, "random_erasing"),
+                                           ("depths", [2, 4, 1], "depths"), ("depths", [2, 0, 6, 1], "depths")])
 def test_bad_size_settings_are_refused(key, value, msg):
     with pytest.raises(ValueError, match=msg):
         resolve_config("small", {key: value})
+
+
+def test_depths_flag_trains_a_shallower_model_its_checkpoints_rebuild(tmp_path, tiny, capsys):
+    args = ["train", "--recipe", "small", "--data", "fashion-mnist", "--data-dir", str(tiny), "--image-size", "16",
+            "--no-small-input", "--batch-size", "32", "--epochs", "1", "--no-amp", "--threads", "1", "--quiet"]
+    with pytest.raises(SystemExit):
+        main(args + ["--output", str(tmp_path / "bad"), "--depths", "2,x,6,1"])
+    assert "comma-separated block counts" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    out = tmp_path / "run"
+    assert main(args + ["--output", str(out), "--depths", "1,1,2,1"]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["depths"] == [1, 1, 2, 1]
+    for name in ("best.safetensors", "deploy.safetensors"):
+        assert [len(s) for s in model_from_checkpoint(out / name).stages] == [1, 1, 2, 1]
 
 
 def test_override_precedence_and_recipe_files(tmp_path):

@@ -16,18 +16,23 @@ import torch.nn.functional as F
 def finetune(model: nn.Module, train_ds, epochs: int, *, lr: float = 0.01, batch_size: int = 128,
              weight_decay: float = 5e-5, label_smoothing: float = 0.1, seed: int = 0,
              teacher: nn.Module | None = None, temperature: float = 4.0, distill_weight: float = 0.5,
-             log=print) -> nn.Module:
+             ema_decay: float | None = None, log=print) -> nn.Module:
     """Briefly retrain a fused (e.g. pruned) model: SGD + one-cycle, bf16 where it is faster.
 
     With ``teacher`` (the unpruned model) a ``distill_weight`` share of the loss is distillation towards
     its softened outputs: the teacher knows what the removed channels computed, the labels alone do not.
+    With ``ema_decay`` the model ends with the exponential moving average of its weights (warmed up as
+    in training, see repvgg.train.ema), which smooths the noise of the last steps.
     """
     from ..data import build_loader
+    from ..train.ema import ModelEma
 
     if epochs < 1:
         return model
     if not 0.0 <= distill_weight <= 1.0:
         raise ValueError(f"distill_weight must be in [0, 1], got {distill_weight}")
+    if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in (0, 1) or None, got {ema_decay}")
     torch.manual_seed(seed)
     loader = build_loader(train_ds, batch_size, train=True, seed=seed)
     decay = [p for p in model.parameters() if p.ndim > 1]
@@ -40,6 +45,7 @@ def finetune(model: nn.Module, train_ds, epochs: int, *, lr: float = 0.01, batch
     if teacher is not None:
         teacher.eval()
     model.train()
+    ema = ModelEma(model, ema_decay) if ema_decay is not None else None
     for epoch in range(epochs):
         total = 0.0
         for x, y in loader:
@@ -55,8 +61,12 @@ def finetune(model: nn.Module, train_ds, epochs: int, *, lr: float = 0.01, batch
             loss.backward()
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update_parameters(model)
             total += loss.item()
         log(f"finetune epoch {epoch + 1}/{epochs}: loss {total / max(1, len(loader)):.4f}")
+    if ema is not None:
+        model.load_state_dict(ema.module.state_dict())
     return model.eval()
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from ..archs import check_depths
+
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
 RECIPES = ("normal", "heavy", "small")
 
@@ -102,6 +104,9 @@ def check_config(cfg: dict) -> dict:
     if isinstance(erase, bool) or not isinstance(erase, (int, float)) or not 0 <= erase <= 1:
         raise ValueError(f"random_erasing must be a probability in [0, 1], got {erase!r}")
     positive("width")
+    cfg.setdefault("depths", None)  # null: the zoo model's blocks per stage
+    if cfg["depths"] is not None:
+        cfg["depths"] = list(check_depths(cfg["depths"]))
     for key in ("weight_decay", "warmup_epochs", "label_smoothing", "mixup", "momentum"):
         if not isinstance(cfg[key], (int, float)) or cfg[key] < 0:
             raise ValueError(f"{key} must be a number >= 0, got {cfg[key]!r}")
@@ -120,6 +125,11 @@ def check_config(cfg: dict) -> dict:
     if cfg["grad_clip"] is not None and cfg["grad_clip"] <= 0:
         raise ValueError(f"grad_clip must be > 0 or null, got {cfg['grad_clip']}")
     return cfg
+
+
+def model_shape_kwargs(cfg: dict) -> dict:
+    """The create_model kwargs a config fixes besides name/classes/channels: width, depths, stem."""
+    return dict(width=cfg.get("width", 1.0), depths=cfg.get("depths"), small_input=cfg["small_input"])
 
 
 def save_config(cfg: dict, path: str | os.PathLike) -> None:

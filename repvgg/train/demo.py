@@ -32,9 +32,9 @@ def _seconds_per_image(cfg: dict) -> tuple[float, str | bool]:
     train.amp), from a few timed steps of a scratch model."""
     from ..factory import create_model
     from .amp import amp_dtype, probe_cpu_amp, time_train_steps
+    from .config import model_shape_kwargs
 
-    model = create_model(cfg["model"], num_classes=10, in_chans=1, width=cfg["width"],
-                         small_input=cfg["small_input"])
+    model = create_model(cfg["model"], num_classes=10, in_chans=1, **model_shape_kwargs(cfg))
     shape = (cfg["batch_size"], 1, 28, 28)
     if cfg["amp"] == "auto":
         dtype, _, per_image = probe_cpu_amp(model, shape, 10, channels_last=cfg["channels_last"])
@@ -94,6 +94,7 @@ def demo(output=None, epochs: int | None = None, *, data: str = "fashion-mnist-b
     extra = dict(overrides or {})
     base = resolve_config("small", {"data": data, "threads": threads, **extra})
     width = f" at {base['width']:g}x width" if base["width"] != 1 else ""
+    width += f", {sum(base['depths'])} blocks in 4 stages {tuple(base['depths'])}" if base["depths"] else ""
     print(f"RepVGG demo: train a multi-branch {base['model']}{width} (recipe `small`) on the built-in "
           "Fashion-MNIST subset (6,000 train / 2,000 test images, 28x28, shipped in the package), fuse "
           "it into a plain 3x3-conv network, and check that nothing but the speed changes.\n")

@@ -31,7 +31,7 @@ from ..factory import create_model
 from ..reparam import reparameterize
 from . import distributed as D
 from .amp import amp_dtype, probe_cpu_amp
-from .config import AUGMENTATION_KEYS, augmentation_kwargs, read_config, save_config
+from .config import AUGMENTATION_KEYS, augmentation_kwargs, model_shape_kwargs, read_config, save_config
 from .ema import ModelEma
 from .metrics import MetricsLog
 from .optim import build_optimizer, build_scheduler, scaled_lr
@@ -228,7 +228,7 @@ class Trainer:
 
         self.model = create_model(cfg["model"], num_classes=self.info.num_classes,
                                   in_chans=self.info.in_chans, block=cfg["block"],
-                                  width=cfg.get("width", 1.0), small_input=cfg["small_input"], drop_rate=cfg["drop_rate"])
+                                  drop_rate=cfg["drop_rate"], **model_shape_kwargs(cfg))
         if w > 1:
             torch.manual_seed(cfg["seed"] + r)     # per-rank dropout/mixup streams (DDP syncs weights)
         self.global_batch = cfg["batch_size"] * w
