@@ -101,8 +101,8 @@ def resize_arch(arch: RepVGGArch, width: float = 1.0, channels: Sequence[int] | 
 def check_depths(depths: Sequence[int], stages: int = 4) -> tuple[int, ...]:
     """``depths`` as a tuple of ``stages`` block counts >= 1, or a ValueError saying what is wrong.
 
-    Why: on 28-32 px images the A-series' 14 blocks at 4x4 px are 70% of the training compute; a
-    CPU budget buys more epochs with fewer of them (see recipes/small.yaml).
+    Why: on 28 px images (stride-1 stem) the A-series' 14 blocks at 4x4 px are 69% of the
+    multiply-adds of A0 x0.5; a CPU budget buys more epochs with fewer of them (recipes/small.yaml).
     """
     if isinstance(depths, (str, bytes)) or not isinstance(depths, Sequence):
         raise ValueError(f"depths must be {stages} block counts (stages 1..{stages}), got {depths!r}")
