@@ -77,6 +77,7 @@ def test_recipes_load_and_match_the_paper():
     assert (heavy["warmup_epochs"], heavy["epochs"], heavy["label_smoothing"], heavy["mixup"], heavy["aug"]) == \
         (5, 200, 0.1, 0.2, "autoaugment")
     assert small["small_input"] is True and small["width"] == 0.5 and small["crop_padding"] == 1
+    assert small["depths"] == [1, 2, 4, 1] and normal["depths"] is None and heavy["depths"] is None
 
 
 @pytest.mark.parametrize("key,value,msg", [("width", 0, "width must be"), ("crop_padding", -1, "crop_padding"),
