@@ -87,7 +87,8 @@ def main() -> int:
         raise SystemExit("give runs of at least two blocks (e.g. repvgg and plain)")
     mean_lines, stats = means(runs)
     r0 = runs[0]
-    md = [f"# Same recipe, with and without the branches: {r0['model']}, recipe `{r0['recipe']}`, "
+    depths = f" depths {r0['depths']}" if r0["depths"] else ""
+    md = [f"# Same recipe, with and without the branches: {r0['model']}{depths}, recipe `{r0['recipe']}`, "
           f"{r0['epochs']} epochs, Fashion-MNIST 60k/10k", "",
           f"- command: `python {' '.join(sys.argv)}` (from the runs' own results files)",
           f"- hardware: {r0['cpu']}, torch {r0['torch']}; every run on the same kind of host",
