@@ -39,11 +39,11 @@ def create_model(
     ``small_input`` (stride-1 stem for 28-32 px images), ``output_stride`` (8/16 dilate the last
     stages), ``drop_rate``. ``width`` scales every stage's channels (0.5 = a quarter of the
     compute, for small data on a CPU); ``channels`` sets (stem, stage 1..4) widths outright, as a
-    pruned model has them; ``depths`` sets the blocks per stage (e.g. (2, 4, 6, 1): fewer of the
-    A-series' 14 blocks at 4x4 px when 28 px images train on a CPU). ``checkpoint`` loads weights in any supported format and naming; a
-    train-time checkpoint loaded into ``deploy=True`` is fused on the way in. ``pretrained=True``
-    loads the official ImageNet weights (downloaded once, see :mod:`repvgg.hub`); with another
-    ``num_classes`` the head is left untrained.
+    pruned model has them; ``depths`` sets the blocks per stage (e.g. (1, 2, 4, 1): fewer of the
+    A-series' 14 blocks at 4x4 px when 28 px images train on a CPU). ``checkpoint`` loads weights
+    in any supported format and naming; a train-time checkpoint loaded into ``deploy=True`` is
+    fused on the way in. ``pretrained=True`` loads the official ImageNet weights (downloaded once,
+    see :mod:`repvgg.hub`); with another ``num_classes`` the head is left untrained.
     """
     canonical = canonical_name(name)
     if pretrained and checkpoint is not None:

@@ -150,3 +150,26 @@ def test_finetune_refuses_a_distill_weight_outside_0_1():
     model = prune_model(repvgg.reparameterize(tiny()), 0.5, multiple_of=1, log=quiet).model
     with pytest.raises(ValueError, match="distill_weight must be in"):
         finetune(model, None, 1, teacher=model, distill_weight=1.5)
+
+
+def test_finetune_ends_on_the_ema_of_its_weights(monkeypatch):
+    """ema_decay ~0 averages nothing (= the last weights); 0.9 ends elsewhere; bad decays are refused."""
+    import copy
+
+    import repvgg.deploy.finetune as ft
+
+    monkeypatch.setattr(ft, "_bf16_is_faster", lambda *a: False)   # same precision in every run
+    labels = torch.arange(32) % 4
+    images = (labels * 60 + 20).to(torch.uint8).view(-1, 1, 1, 1).expand(32, 3, 16, 16).contiguous()
+    ds = InMemoryDataset(images, labels, list("abcd"), mean=(0.5,) * 3, std=(0.25,) * 3, train=True, recipe_aug="none")
+    torch.manual_seed(0)
+    start = prune_model(repvgg.reparameterize(tiny()), 0.5, multiple_of=1, log=quiet).model
+    runs = {d: finetune(copy.deepcopy(start), ds, 2, lr=0.05, batch_size=8, ema_decay=d, log=quiet)
+            for d in (None, 1e-12, 0.9)}
+    for (k, last), tiny_ema, ema in zip(runs[None].state_dict().items(), runs[1e-12].state_dict().values(),
+                                        runs[0.9].state_dict().values()):
+        torch.testing.assert_close(tiny_ema, last, rtol=1e-6, atol=1e-7, msg=k)
+    assert any(not torch.allclose(a, b) for a, b in zip(runs[None].parameters(), runs[0.9].parameters()))
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="ema_decay must be in"):
+            finetune(copy.deepcopy(start), ds, 1, ema_decay=bad)
