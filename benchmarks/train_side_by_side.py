@@ -35,8 +35,9 @@ def load(tag: str) -> dict:
         raise SystemExit(f"run '{tag}' did not finish (exit code {r.get('exit_code')}): not comparable")
     cfg = yaml.safe_load(r["config"])
     rows = r["time_to_accuracy"]
-    return dict(tag=tag, block=r["block"], recipe=r["recipe"], model=r["model"], depths=cfg.get("depths"), epochs=cfg["epochs"],
-                seed=cfg["seed"], amp=cfg["amp"], cpu=r["hardware"]["cpu"], torch=r["versions"]["torch"],
+    return dict(tag=tag, block=r["block"], recipe=r["recipe"], model=r["model"], depths=cfg.get("depths"),
+                epochs=cfg["epochs"], seed=cfg["seed"], amp=cfg["amp"], cpu=r["hardware"]["cpu"],
+                torch=r["versions"]["torch"],
                 wall_min=r["wall_s"] / 60, train_min=rows[-1]["elapsed_s"] / 60,
                 img_s=statistics.median(x["img_per_s"] for x in rows),
                 train_top1=r["final"]["train_top1"], deploy_top1=r["final"]["deploy_top1"],

@@ -93,9 +93,9 @@ def demo(output=None, epochs: int | None = None, *, data: str = "fashion-mnist-b
         torch.set_num_threads(threads)
     extra = dict(overrides or {})
     base = resolve_config("small", {"data": data, "threads": threads, **extra})
-    width = f" at {base['width']:g}x width" if base["width"] != 1 else ""
-    width += f", {sum(base['depths'])} blocks in 4 stages {tuple(base['depths'])}" if base["depths"] else ""
-    print(f"RepVGG demo: train a multi-branch {base['model']}{width} (recipe `small`) on the built-in "
+    model_desc = f" at {base['width']:g}x width" if base["width"] != 1 else ""
+    model_desc += f", {sum(base['depths'])} blocks in 4 stages {tuple(base['depths'])}" if base["depths"] else ""
+    print(f"RepVGG demo: train a multi-branch {base['model']}{model_desc} (recipe `small`) on the built-in "
           "Fashion-MNIST subset (6,000 train / 2,000 test images, 28x28, shipped in the package), fuse "
           "it into a plain 3x3-conv network, and check that nothing but the speed changes.\n")
     _, test_ds, info = build_datasets(data, base["data_dir"], base["image_size"])
