@@ -4,12 +4,19 @@
     nice -n 10 python benchmarks/train_fashion_mnist.py --block plain    # same recipe, no branches
     python benchmarks/train_fashion_mnist.py --recipe heavy --model repvgg_a0 --small-input \
         --epochs 60 --device cuda --tag long                             # the >= 95.5% run (GPU)
+    nice -n 10 python benchmarks/train_fashion_mnist.py --epochs 60 --threads 1 --tag long_xeon --resume
+                                                                         # ... or a long CPU run, in segments
 
 It runs the `repvgg train` command a user would run, tees its log, and writes to
 benchmarks/results/: train_fashion_mnist_<tag>.json (command, hardware, versions, wall time,
 time-to-accuracy rows, final train-time and deploy top-1), .md (a readable summary), .log
 (the full log) and _curve.png (test top-1 against wall time). Needs the full data set
 (`apt-get install dataset-fashion-mnist`, or --data-dir).
+
+A long CPU run can span several sittings: stop it with SIGTERM or Ctrl-C (the training saves a
+resumable state and the log so far stays in <stem>.log.partial), then run the same command with
+--resume; the results files are written when the last segment ends, with the training time summed
+over the segments (the run's own `elapsed_s`).
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -96,6 +104,9 @@ def main() -> int:
     ap.add_argument("--target", type=float, default=94.0, help="top-1 %% for the time-to-accuracy figure")
     ap.add_argument("--tag", help="results name suffix (default: the block)")
     ap.add_argument("--runs", default=str(ROOT.parent / "runs"), help="where the run folder goes")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the run folder of this --tag if it holds a resumable state (a long run in "
+                         "segments), else start it")
     ap.add_argument("--report-only", action="store_true",
                     help="do not train: rewrite the results files from the existing run folder (when the "
                          "report step failed after training; wall time then = the run's own elapsed time)")
@@ -103,9 +114,10 @@ def main() -> int:
 
     tag = args.tag or args.block
     out = Path(args.runs) / f"bench-fmnist-{tag}"
+    resuming = args.resume and (out / "last.state.pt").is_file()
     cmd = [sys.executable, "-m", "repvgg", "train", "--recipe", args.recipe, "--model", args.model,
-           "--block", args.block, "--data", "fashion-mnist", "--output", str(out), "--overwrite",
-           "--device", args.device]
+           "--block", args.block, "--data", "fashion-mnist", "--output", str(out),
+           "--resume" if resuming else "--overwrite", "--device", args.device]
     if args.epochs:
         cmd += ["--epochs", str(args.epochs)]
     if args.depths:
@@ -130,8 +142,8 @@ def main() -> int:
     t0 = time.perf_counter()
     env = {**os.environ, "TQDM_DISABLE": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT.parent), os.environ.get("PYTHONPATH")]))}
-    with open(log_path, "w") as log:
-        log.write(f"$ {shlex.join(cmd)}\n")
+    with open(log_path, "a" if resuming else "w") as log:
+        log.write(f"$ {shlex.join(cmd)}   # started {started}\n")
         log.flush()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         for line in proc.stdout:
@@ -139,11 +151,17 @@ def main() -> int:
             log.write(line)
             log.flush()
         rc = proc.wait()
+    if rc in (128 + signal.SIGINT, 128 + signal.SIGTERM) and (out / "last.state.pt").is_file():
+        print(f"training stopped by a signal with a resumable state; the log so far is in {log_path}. "
+              f"Continue with the same command and --resume", file=sys.stderr)
+        return rc
     if rc != 0:
         stem = stem.parent / f"{stem.name}_failed"
         print(f"training exited with code {rc}: results go to {stem}.* (earlier results kept)", file=sys.stderr)
     log_path.replace(stem.with_suffix(".log"))
-    return report(args, out, stem, cmd, rc, time.perf_counter() - t0, started, load_before)
+    # a run in segments: its training time is the run's own elapsed time, summed over the segments
+    wall = None if args.resume else time.perf_counter() - t0
+    return report(args, out, stem, cmd, rc, wall, started, load_before)
 
 
 def report(args, out: Path, stem: Path, cmd: list[str], rc, wall, started: str, load_before) -> int:
@@ -174,8 +192,11 @@ def report(args, out: Path, stem: Path, cmd: list[str], rc, wall, started: str, 
                     stem.parent / f"{stem.name}_curve.png",
                     f"{model_desc} ({args.block}), recipe {args.recipe}: Fashion-MNIST test top-1", args.target)
     md = [f"# Fashion-MNIST, {model_desc} ({args.block} blocks), recipe `{args.recipe}`", "",
-          f"- command: `{shlex.join(cmd)}`", f"- started {started}; " + (f"training time (last epoch's elapsed) {wall / 60:.1f} min" if args.report_only
-                                          else f"wall time {wall / 60:.1f} min; exit code {rc}"),
+          f"- command: `{shlex.join(cmd)}`",
+          f"- started {started}; " + (f"training time (last epoch's elapsed) {wall / 60:.1f} min" if args.report_only
+                                      else f"training time {wall / 60:.1f} min, summed over the run's segments "
+                                           f"(this one started then; --resume); exit code {rc}" if args.resume
+                                      else f"wall time {wall / 60:.1f} min; exit code {rc}"),
           f"- hardware: {result['hardware']}", f"- versions: {result['versions']}",
           f"- load average before/after: {load_before} / {result['load_avg_after']} (shared machine)",
           f"- time to {args.target}% test top-1: " + (f"{hit['elapsed_s'] / 60:.1f} min (epoch {hit['epoch']})"

@@ -1,6 +1,7 @@
 """The side-by-side report compares like with like and refuses anything else."""
 import importlib.util
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,61 @@ def test_side_by_side_names_a_missing_run(sbs, monkeypatch):
     monkeypatch.setattr("sys.argv", ["x", "--runs", "nope", "p0"])
     with pytest.raises(SystemExit, match="no results for run 'nope'"):
         sbs.main()
+
+
+TRAIN_SCRIPT = SCRIPT.parent / "train_fashion_mnist.py"
+_REAL_POPEN = subprocess.Popen
+
+
+class _FakeTraining:
+    """Stands in for the `repvgg train` child: writes a run folder's files and ends with ``rc``."""
+
+    def __init__(self, rc: int, epochs: list[int]):
+        self.rc, self.epochs, self.commands = rc, epochs, []
+
+    def __call__(self, cmd, **kwargs):
+        if "train" not in cmd:                          # e.g. the version probes of the report
+            return _REAL_POPEN(cmd, **kwargs)
+        self.commands.append(cmd)
+        out = Path(cmd[cmd.index("--output") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "last.state.pt").write_bytes(b"state")
+        (out / "config.yaml").write_text(yaml.safe_dump(dict(epochs=4, width=0.5)))
+        with open(out / "metrics.jsonl", "a") as f:
+            for e in self.epochs:
+                f.write(json.dumps(dict(epoch=e, elapsed_s=100.0 * e, val_top1=90.0 + e, img_per_s=500.0)) + "\n")
+        if self.rc == 0:
+            (out / "summary.json").write_text(json.dumps(dict(train_top1=94.0, deploy_top1=94.0,
+                                                              agreement_pct=100.0)))
+        fake = self
+
+        class Proc:
+            stdout = iter([f"epochs {fake.epochs}\n"])
+
+            def wait(self):
+                return fake.rc
+        return Proc()
+
+
+def test_long_run_in_segments_resumes_and_reports_the_summed_training_time(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("train_fashion_mnist", TRAIN_SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "RESULTS", tmp_path / "results")
+    argv = ["x", "--tag", "long", "--epochs", "4", "--resume", "--runs", str(tmp_path / "runs")]
+    monkeypatch.setattr("sys.argv", argv)
+    first = _FakeTraining(143, [1, 2])                # SIGTERM after 2 epochs: resumable, no results yet
+    monkeypatch.setattr(mod.subprocess, "Popen", first)
+    assert mod.main() == 143
+    assert "--overwrite" in first.commands[0] and "--resume" not in first.commands[0]
+    assert not (tmp_path / "results" / "train_fashion_mnist_long.md").exists()
+    assert not (tmp_path / "results" / "train_fashion_mnist_long_failed.md").exists()
+    second = _FakeTraining(0, [3, 4])
+    monkeypatch.setattr(mod.subprocess, "Popen", second)
+    assert mod.main() == 0
+    assert "--resume" in second.commands[0] and "--overwrite" not in second.commands[0]
+    log = (tmp_path / "results" / "train_fashion_mnist_long.log").read_text()
+    assert "epochs [1, 2]" in log and "epochs [3, 4]" in log      # both segments' output
+    md = (tmp_path / "results" / "train_fashion_mnist_long.md").read_text()
+    assert "training time 6.7 min, summed over the run's segments" in md
+    assert "| 4 | 6.7 | 94.00 | 500 |" in md
