@@ -103,6 +103,15 @@ def test_depths_flag_trains_a_shallower_model_its_checkpoints_rebuild(tmp_path, 
         assert [len(s) for s in model_from_checkpoint(out / name).stages] == [1, 1, 2, 1]
 
 
+def test_depths_model_overrides_a_recipe_back_to_the_models_own():
+    from repvgg.commands.train import _depths
+
+    assert resolve_config("small")["depths"] == [1, 2, 4, 1]
+    assert resolve_config("small", {"depths": _depths("model")})["depths"] is None
+    assert resolve_config("small", {"depths": _depths("2,4,6,1")})["depths"] == [2, 4, 6, 1]
+    assert resolve_config("small", {"depths": None})["depths"] == [1, 2, 4, 1]    # None: not given
+
+
 def test_override_precedence_and_recipe_files(tmp_path):
     cfg = resolve_config("heavy", {"epochs": 3, "lr": None, "ema": False})
     assert cfg["epochs"] == 3 and cfg["lr"] == 0.1 and cfg["ema"] is False and cfg["mixup"] == 0.2

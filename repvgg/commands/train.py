@@ -16,7 +16,8 @@ def register(sub) -> None:
     p.add_argument("--data-dir", help="where the dataset files are")
     p.add_argument("--block", help="block variant (see `repvgg.list_blocks()`), e.g. repvgg, plain")
     p.add_argument("--width", type=float, help="channel multiplier on the model's widths (0.5 = 1/4 compute)")
-    p.add_argument("--depths", type=_depths, help="blocks per stage 1-4, e.g. 2,4,6,1 (default: the model's)")
+    p.add_argument("--depths", type=_depths, help="blocks per stage 1-4, e.g. 2,4,6,1, or 'model' for the "
+                   "model's own (default: the recipe's; small: 1,2,4,1)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="per process; lr scales with the global batch")
     p.add_argument("--lr", type=float, help="learning rate per 256 images (scaled by global batch / 256)")
@@ -68,11 +69,15 @@ def register(sub) -> None:
     d.set_defaults(func=run_demo)
 
 
-def _depths(text: str) -> list[int]:
+def _depths(text: str) -> list[int] | str:
+    from ..train.config import MODEL_DEPTHS
+
+    if text == MODEL_DEPTHS:
+        return text
     try:
         return [int(d) for d in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"depths must be comma-separated block counts like 2,4,6,1, "
+        raise argparse.ArgumentTypeError(f"depths must be comma-separated block counts like 2,4,6,1 (or 'model'), "
                                          f"got {text!r}") from None
 
 

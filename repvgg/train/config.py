@@ -13,6 +13,8 @@ import yaml
 
 from ..archs import check_depths
 
+MODEL_DEPTHS = "model"  # `depths: model` / `--depths model`: the zoo model's own blocks per stage
+
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
 RECIPES = ("normal", "heavy", "small")
 
@@ -105,6 +107,8 @@ def check_config(cfg: dict) -> dict:
         raise ValueError(f"random_erasing must be a probability in [0, 1], got {erase!r}")
     positive("width")
     cfg.setdefault("depths", None)  # null: the zoo model's blocks per stage
+    if cfg["depths"] == MODEL_DEPTHS:  # an override back to the model's own (None means "not given")
+        cfg["depths"] = None
     if cfg["depths"] is not None:
         cfg["depths"] = list(check_depths(cfg["depths"]))
     for key in ("weight_decay", "warmup_epochs", "label_smoothing", "mixup", "momentum"):
