@@ -66,6 +66,8 @@ def main() -> int:
     ap.add_argument("--repair", choices=sorted(REPAIRS), default="reconstruct")
     ap.add_argument("--distill", action="store_true", help="fine-tune towards the unpruned model's outputs too")
     ap.add_argument("--distill-weight", type=float, default=0.5, help="share of the loss that is distillation")
+    ap.add_argument("--feature-weight", type=float, default=0.0,
+                    help="with --distill: weight of the per-layer feature loss towards the unpruned model")
     ap.add_argument("--ema-decay", type=float, help="end the fine-tune on the EMA of its weights (e.g. 0.999)")
     ap.add_argument("--no-control", action="store_true", help="skip fine-tuning the unpruned model (saves time)")
     ap.add_argument("--save", default="runs/deploy_prune/a0_pruned30_ft.safetensors")
@@ -90,8 +92,11 @@ def main() -> int:
     print(json.dumps(row), flush=True)
     t0 = time.perf_counter()
     finetune(pruned, train_ds, args.finetune_epochs, lr=args.lr, teacher=base if args.distill else None,
-             distill_weight=args.distill_weight, ema_decay=args.ema_decay)
+             distill_weight=args.distill_weight, feature_weight=args.feature_weight, ema_decay=args.ema_decay,
+             log=lambda m: print(m, flush=True))
     row["ema_decay"] = args.ema_decay
+    row["feature_weight"] = args.feature_weight
+    row["finetune_lr"] = args.lr
     row["finetune_minutes"] = round((time.perf_counter() - t0) / 60, 1)
     row["top1_pruned_finetuned"] = top1(pruned, test)
     if not args.no_control:
@@ -121,6 +126,7 @@ def main() -> int:
              f"(repvgg.deploy.repair.{args.repair}, {r['repair_seconds']} s), then fine-tuning: {args.finetune_epochs} epochs, SGD lr {args.lr} one-cycle, label smoothing 0.1, "
              f"the training run's augmentation {r['train_aug'] or '(defaults)'}, "
              f"{f' with distillation from the unpruned model (T=4, weight {args.distill_weight})' if args.distill else ''}"
+             f"{f', per-layer feature loss towards it (weight {args.feature_weight})' if args.feature_weight else ''}"
              f"{f', ending on the EMA of the weights (decay {args.ema_decay})' if args.ema_decay else ''} "
              f"({r['finetune_minutes']} min)" + ("" if args.no_control else "; control = the unpruned model fine-tuned the same way"), "",
              "| | before | after pruning | after fine-tuning |", "|---|---|---|---|",

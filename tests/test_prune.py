@@ -16,9 +16,8 @@ def quiet(_):
     pass
 
 
-def test_dead_filters_are_removed_exactly():
-    """Filters that always output 0 after ReLU carry nothing: L1 pruning must pick exactly them,
-    and the pruned model must compute the same logits."""
+def _half_dead_model():
+    """A fused tiny model whose second half of filters in every layer always outputs 0 after ReLU."""
     model = repvgg.reparameterize(tiny())
     with torch.no_grad():
         for block in plain_layers(model):
@@ -27,6 +26,13 @@ def test_dead_filters_are_removed_exactly():
             block.fused.weight[dead] = 0
             block.fused.bias[dead] = -1.0
             block.fused.weight[: c // 2] += 0.01  # keep the live half clearly above in L1
+    return model
+
+
+def test_dead_filters_are_removed_exactly():
+    """Filters that always output 0 after ReLU carry nothing: L1 pruning must pick exactly them,
+    and the pruned model must compute the same logits."""
+    model = _half_dead_model()
     result = prune_model(model, 0.5, multiple_of=1, log=quiet)
     assert result.widths == [b.out_channels // 2 for b in plain_layers(model)]
     x = torch.randn(4, 3, 16, 16)
@@ -173,3 +179,44 @@ def test_finetune_ends_on_the_ema_of_its_weights(monkeypatch):
     for bad in (0.0, 1.0, 1.5):
         with pytest.raises(ValueError, match="ema_decay must be in"):
             finetune(copy.deepcopy(start), ds, 1, ema_decay=bad)
+
+
+def test_feature_loss_compares_each_layer_with_the_teachers_kept_channels():
+    """Pruning dead filters changes no kept channel: the feature loss is 0 (up to rounding); a
+    perturbed layer makes it positive; the hooks are gone afterwards."""
+    from repvgg.deploy.finetune import _record_layer_outputs, feature_loss
+
+    teacher = _half_dead_model()
+    student = prune_model(teacher, 0.5, multiple_of=1, log=quiet).model
+    (s_feats, t_feats), hooks = _record_layer_outputs(student, teacher)
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        student(x), teacher(x)
+        assert len(s_feats) == len(t_feats) == len(plain_layers(teacher))
+        assert float(feature_loss(s_feats, t_feats)) < 1e-10
+        for f in (s_feats, t_feats):
+            f.clear()
+        plain_layers(student)[2].fused.bias.add_(0.5)
+        student(x), teacher(x)
+        assert float(feature_loss(s_feats, t_feats)) > 1e-3
+    for h in hooks:
+        h.remove()
+
+
+def test_finetune_with_feature_distillation_trains_and_leaves_no_hooks(monkeypatch):
+    import repvgg.deploy.finetune as ft
+
+    monkeypatch.setattr(ft, "_bf16_is_faster", lambda *a: False)
+    labels = torch.arange(32) % 4
+    images = (labels * 60 + 20).to(torch.uint8).view(-1, 1, 1, 1).expand(32, 3, 16, 16).contiguous()
+    ds = InMemoryDataset(images, labels, list("abcd"), mean=(0.5,) * 3, std=(0.25,) * 3, train=True, recipe_aug="none")
+    torch.manual_seed(0)
+    teacher = repvgg.reparameterize(tiny())
+    student = prune_model(teacher, 0.5, multiple_of=1, log=quiet).model
+    losses = []
+    finetune(student, ds, 2, lr=0.05, batch_size=8, teacher=teacher, feature_weight=1.0, log=losses.append)
+    assert len([s for s in losses if s.startswith("finetune epoch")]) == 2
+    for m in [*student.modules(), *teacher.modules()]:
+        assert not m._forward_hooks, m
+    with pytest.raises(ValueError, match="feature_weight must be >= 0 and needs a teacher"):
+        finetune(student, ds, 1, feature_weight=1.0)

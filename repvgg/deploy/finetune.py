@@ -16,11 +16,13 @@ import torch.nn.functional as F
 def finetune(model: nn.Module, train_ds, epochs: int, *, lr: float = 0.01, batch_size: int = 128,
              weight_decay: float = 5e-5, label_smoothing: float = 0.1, seed: int = 0,
              teacher: nn.Module | None = None, temperature: float = 4.0, distill_weight: float = 0.5,
-             ema_decay: float | None = None, log=print) -> nn.Module:
+             feature_weight: float = 0.0, ema_decay: float | None = None, log=print) -> nn.Module:
     """Briefly retrain a fused (e.g. pruned) model: SGD + one-cycle, bf16 where it is faster.
 
     With ``teacher`` (the unpruned model) a ``distill_weight`` share of the loss is distillation towards
     its softened outputs: the teacher knows what the removed channels computed, the labels alone do not.
+    ``feature_weight`` > 0 (with a teacher) adds, with that weight, the repair's own objective
+    (:func:`feature_loss`): every layer's output stays close to the teacher's kept channels.
     With ``ema_decay`` the model ends with the exponential moving average of its weights (warmed up as
     in training, see repvgg.train.ema), which smooths the noise of the last steps.
     """
@@ -31,6 +33,8 @@ def finetune(model: nn.Module, train_ds, epochs: int, *, lr: float = 0.01, batch
         return model
     if not 0.0 <= distill_weight <= 1.0:
         raise ValueError(f"distill_weight must be in [0, 1], got {distill_weight}")
+    if feature_weight < 0 or (feature_weight > 0 and teacher is None):
+        raise ValueError(f"feature_weight must be >= 0 and needs a teacher, got {feature_weight}")
     if ema_decay is not None and not 0.0 < ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in (0, 1) or None, got {ema_decay}")
     torch.manual_seed(seed)
@@ -46,28 +50,67 @@ def finetune(model: nn.Module, train_ds, epochs: int, *, lr: float = 0.01, batch
         teacher.eval()
     model.train()
     ema = ModelEma(model, ema_decay) if ema_decay is not None else None
-    for epoch in range(epochs):
-        total = 0.0
-        for x, y in loader:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                logits = model(x)
-                loss = loss_fn(logits, y)
-                if teacher is not None:
-                    with torch.no_grad():
-                        soft = F.softmax(teacher(x).float() / temperature, 1)
-                    kd = F.kl_div(F.log_softmax(logits.float() / temperature, 1), soft, reduction="batchmean")
-                    loss = (1 - distill_weight) * loss + distill_weight * temperature**2 * kd
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            total += loss.item()
-        log(f"finetune epoch {epoch + 1}/{epochs}: loss {total / max(1, len(loader)):.4f}")
+    feats, hooks = _record_layer_outputs(model, teacher) if feature_weight > 0 else (None, [])
+    try:
+        for epoch in range(epochs):
+            total = 0.0
+            for x, y in loader:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                    logits = model(x)
+                    loss = loss_fn(logits, y)
+                    if teacher is not None:
+                        with torch.no_grad():
+                            soft = F.softmax(teacher(x).float() / temperature, 1)
+                        kd = F.kl_div(F.log_softmax(logits.float() / temperature, 1), soft, reduction="batchmean")
+                        loss = (1 - distill_weight) * loss + distill_weight * temperature**2 * kd
+                    if feats is not None:
+                        loss = loss + feature_weight * feature_loss(*feats)
+                        for f in feats:
+                            f.clear()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                if ema is not None:
+                    ema.update_parameters(model)
+                total += loss.item()
+            log(f"finetune epoch {epoch + 1}/{epochs}: loss {total / max(1, len(loader)):.4f}")
+    finally:
+        for h in hooks:
+            h.remove()
     if ema is not None:
         model.load_state_dict(ema.module.state_dict())
     return model.eval()
+
+
+def feature_loss(student: list, teacher: list) -> torch.Tensor:
+    """Mean over layers of ||z_student - z_teacher[kept]||^2 / mean(z_teacher[kept]^2).
+
+    ``student`` / ``teacher``: ``(block, output)`` per plain layer, in data-flow order; a pruned
+    block's ``kept_channels`` (set by pruning) picks the teacher channels it stands for. Normalised per
+    layer, so wide and narrow layers weigh alike.
+    """
+    total = 0.0
+    for (block, z_s), (_, z_t) in zip(student, teacher):
+        keep = getattr(block, "kept_channels", None)
+        z_t = (z_t if keep is None else z_t[:, keep]).float()
+        total = total + F.mse_loss(z_s.float(), z_t) / z_t.pow(2).mean().clamp_min(1e-8)
+    return total / max(1, len(student))
+
+
+def _record_layer_outputs(model: nn.Module, teacher: nn.Module):
+    """Forward hooks that append ``(block, output)`` of every plain layer of both models to two lists
+    (and their handles, to remove them)."""
+    from .prune import plain_layers
+
+    student_layers, teacher_layers = plain_layers(model), plain_layers(teacher)
+    if len(student_layers) != len(teacher_layers):
+        raise ValueError(f"feature distillation needs the same layers: the model has {len(student_layers)}, "
+                         f"the teacher {len(teacher_layers)}")
+    feats: tuple[list, list] = ([], [])
+    hooks = [b.register_forward_hook(lambda m, i, o, out=out: out.append((m, o)))
+             for layers, out in zip((student_layers, teacher_layers), feats) for b in layers]
+    return feats, hooks
 
 
 def _bf16_is_faster(model: nn.Module, input_shape: tuple, log) -> bool:
