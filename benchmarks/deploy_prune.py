@@ -60,7 +60,7 @@ def main() -> int:
     ap.add_argument("--ratio", type=float, default=0.3)
     ap.add_argument("--multiple-of", type=int, default=8, help="round kept widths to a multiple of this")
     ap.add_argument("--finetune-epochs", type=int, default=2)
-    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--lr", type=float, default=0.05, help="fine-tuning peak lr (one-cycle); 0.01 before 2026-12-03")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--calib-images", type=int, default=2048)
     ap.add_argument("--repair", choices=sorted(REPAIRS), default="reconstruct")

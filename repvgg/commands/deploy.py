@@ -65,7 +65,7 @@ def register(sub) -> None:
     r.add_argument("--calib-images", type=int,
                    help="training images for the repair after pruning (with --data; 0 = no repair; default 2048 "
                         "up to 64 px, 256 above: the repair holds both models' activations of all of them)")
-    r.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
+    r.add_argument("--lr", type=float, default=0.05, help="fine-tuning peak learning rate (one-cycle)")
     r.add_argument("--distill", action="store_true", help="fine-tune towards the unpruned model's outputs as well")
     r.add_argument("--batch-size", type=int, default=128)
     r.add_argument("--eval-images", type=int, help="evaluate on the first N test images (default: all)")
