@@ -69,6 +69,7 @@ def main() -> int:
     ap.add_argument("--feature-weight", type=float, default=0.0,
                     help="with --distill: weight of the per-layer feature loss towards the unpruned model")
     ap.add_argument("--ema-decay", type=float, help="end the fine-tune on the EMA of its weights (e.g. 0.999)")
+    ap.add_argument("--seed", type=int, default=0, help="the fine-tune's seed (batch order, augmentation)")
     ap.add_argument("--no-control", action="store_true", help="skip fine-tuning the unpruned model (saves time)")
     ap.add_argument("--save", default="runs/deploy_prune/a0_pruned30_ft.safetensors")
     ap.add_argument("--out", default="deploy_prune")
@@ -93,10 +94,11 @@ def main() -> int:
     t0 = time.perf_counter()
     finetune(pruned, train_ds, args.finetune_epochs, lr=args.lr, teacher=base if args.distill else None,
              distill_weight=args.distill_weight, feature_weight=args.feature_weight, ema_decay=args.ema_decay,
-             log=lambda m: print(m, flush=True))
+             seed=args.seed, log=lambda m: print(m, flush=True))
     row["ema_decay"] = args.ema_decay
     row["feature_weight"] = args.feature_weight
     row["finetune_lr"] = args.lr
+    row["finetune_seed"] = args.seed
     row["finetune_minutes"] = round((time.perf_counter() - t0) / 60, 1)
     row["top1_pruned_finetuned"] = top1(pruned, test)
     if not args.no_control:
@@ -123,7 +125,8 @@ def main() -> int:
              f"- command: `{meta['command']}`", f"- hardware: {meta['hardware']}",
              f"- torch {meta['torch']}, onnxruntime {meta['onnxruntime']}; {meta['date']}; test: {meta['test_images']} images",
              f"- after pruning: repair `{args.repair}` on {args.calib_images} training images "
-             f"(repvgg.deploy.repair.{args.repair}, {r['repair_seconds']} s), then fine-tuning: {args.finetune_epochs} epochs, SGD lr {args.lr} one-cycle, label smoothing 0.1, "
+             f"(repvgg.deploy.repair.{args.repair}, {r['repair_seconds']} s), then fine-tuning (seed {args.seed}): "
+             f"{args.finetune_epochs} epochs, SGD lr {args.lr} one-cycle, label smoothing 0.1, "
              f"the training run's augmentation {r['train_aug'] or '(defaults)'}, "
              f"{f' with distillation from the unpruned model (T=4, weight {args.distill_weight})' if args.distill else ''}"
              f"{f', per-layer feature loss towards it (weight {args.feature_weight})' if args.feature_weight else ''}"
