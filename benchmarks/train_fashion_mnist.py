@@ -110,7 +110,10 @@ def main() -> int:
     ap.add_argument("--report-only", action="store_true",
                     help="do not train: rewrite the results files from the existing run folder (when the "
                          "report step failed after training; wall time then = the run's own elapsed time)")
+    ap.add_argument("train_args", nargs=argparse.REMAINDER,
+                    help="after --: more `repvgg train` flags, e.g. -- --width 1.0 --batch-size 256")
     args = ap.parse_args()
+    args.train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
 
     tag = args.tag or args.block
     out = Path(args.runs) / f"bench-fmnist-{tag}"
@@ -130,6 +133,7 @@ def main() -> int:
         cmd += ["--small-input"]
     if args.seed is not None:
         cmd += ["--seed", str(args.seed)]
+    cmd += args.train_args
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"train_fashion_mnist_{tag}"
     # the log goes to a side file and replaces <stem>.log only if the run succeeds: a failed or
@@ -146,11 +150,19 @@ def main() -> int:
         log.write(f"$ {shlex.join(cmd)}   # started {started}\n")
         log.flush()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            log.write(line)
-            log.flush()
-        rc = proc.wait()
+        # stop the training, not this report: SIGTERM is handed on (it saves a resumable state);
+        # Ctrl-C reaches it from the terminal already (a second SIGINT would abort it unsaved)
+        old = {signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum)),
+               signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
+        try:
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                log.write(line)
+                log.flush()
+            rc = proc.wait()
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
     if rc in (128 + signal.SIGINT, 128 + signal.SIGTERM) and (out / "last.state.pt").is_file():
         print(f"training stopped by a signal with a resumable state; the log so far is in {log_path}. "
               f"Continue with the same command and --resume", file=sys.stderr)

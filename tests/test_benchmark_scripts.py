@@ -1,6 +1,7 @@
 """The side-by-side report compares like with like and refuses anything else."""
 import importlib.util
 import json
+import signal
 import subprocess
 from pathlib import Path
 
@@ -100,12 +101,14 @@ def test_long_run_in_segments_resumes_and_reports_the_summed_training_time(tmp_p
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     monkeypatch.setattr(mod, "RESULTS", tmp_path / "results")
-    argv = ["x", "--tag", "long", "--epochs", "4", "--resume", "--runs", str(tmp_path / "runs")]
+    argv = ["x", "--tag", "long", "--epochs", "4", "--resume", "--runs", str(tmp_path / "runs"), "--", "--width", "2"]
     monkeypatch.setattr("sys.argv", argv)
     first = _FakeTraining(143, [1, 2])                # SIGTERM after 2 epochs: resumable, no results yet
     monkeypatch.setattr(mod.subprocess, "Popen", first)
     assert mod.main() == 143
     assert "--overwrite" in first.commands[0] and "--resume" not in first.commands[0]
+    assert first.commands[0][-2:] == ["--width", "2"]                # flags after -- go to `repvgg train`
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN     # the script's handlers are undone
     assert not (tmp_path / "results" / "train_fashion_mnist_long.md").exists()
     assert not (tmp_path / "results" / "train_fashion_mnist_long_failed.md").exists()
     second = _FakeTraining(0, [3, 4])
