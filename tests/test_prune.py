@@ -144,6 +144,7 @@ def test_cli_prune_fuses_and_writes_a_loadable_model(tmp_path, capsys):
     (["--ratio", "1.0"], "strictly between 0 and 1"),
     (["--ratio", "0.3", "--finetune-epochs", "1"], "needs --data"),
     (["--ratio", "0.3", "--multiple-of", "0"], "--multiple-of must be a positive integer"),
+    (["--ratio", "0.3", "--feature-weight", "1"], "needs --distill"),
 ])
 def test_cli_prune_bad_input(tmp_path, capsys, argv, message):
     out = tmp_path / "p.safetensors"
