@@ -53,22 +53,27 @@ def finetune(model: nn.Module, train_ds, epochs: int, *, lr: float = 0.05, batch
     model.train()
     ema = ModelEma(model, ema_decay) if ema_decay is not None else None
     feats, hooks = _record_layer_outputs(model, teacher) if feature_weight > 0 else (None, [])
+
+    def batch_loss(x, y):
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        if teacher is not None:
+            with torch.no_grad():
+                soft = F.softmax(teacher(x).float() / temperature, 1)
+            kd = F.kl_div(F.log_softmax(logits.float() / temperature, 1), soft, reduction="batchmean")
+            loss = (1 - distill_weight) * loss + distill_weight * temperature**2 * kd
+        if feats is not None:
+            loss = loss + feature_weight * feature_loss(*feats)
+            for f in feats:
+                f.clear()
+        return loss
+
     try:
         for epoch in range(epochs):
             total = 0.0
             for x, y in loader:
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                    logits = model(x)
-                    loss = loss_fn(logits, y)
-                    if teacher is not None:
-                        with torch.no_grad():
-                            soft = F.softmax(teacher(x).float() / temperature, 1)
-                        kd = F.kl_div(F.log_softmax(logits.float() / temperature, 1), soft, reduction="batchmean")
-                        loss = (1 - distill_weight) * loss + distill_weight * temperature**2 * kd
-                    if feats is not None:
-                        loss = loss + feature_weight * feature_loss(*feats)
-                        for f in feats:
-                            f.clear()
+                    loss = batch_loss(x, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
