@@ -69,7 +69,7 @@ def register(sub) -> None:
     r.add_argument("--distill", action="store_true", help="fine-tune towards the unpruned model's outputs as well")
     r.add_argument("--feature-weight", type=float, default=0.0,
                    help="with --distill: weight of a per-layer loss towards the unpruned model's kept channels "
-                        "(1.0: 93.94%% vs 93.75%% without, 30%% pruned, 10 epochs, Fashion-MNIST)")
+                        "(1.0: +0.10..+0.19 points over --distill alone, 30%% pruned, 10 epochs, Fashion-MNIST)")
     r.add_argument("--batch-size", type=int, default=128)
     r.add_argument("--eval-images", type=int, help="evaluate on the first N test images (default: all)")
     r.set_defaults(func=run_prune)
