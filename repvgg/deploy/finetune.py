@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .prune import plain_layers, select_kept
+
 
 def finetune(model: nn.Module, train_ds, epochs: int, *, lr: float = 0.05, batch_size: int = 128,
              weight_decay: float = 5e-5, label_smoothing: float = 0.1, seed: int = 0,
@@ -94,13 +96,12 @@ def feature_loss(student: list, teacher: list) -> torch.Tensor:
     """Mean over layers of ||z_student - z_teacher[kept]||^2 / mean(z_teacher[kept]^2).
 
     ``student`` / ``teacher``: ``(block, output)`` per plain layer, in data-flow order; a pruned
-    block's ``kept_channels`` (set by pruning) picks the teacher channels it stands for. Normalised per
-    layer, so wide and narrow layers weigh alike.
+    block's kept channels (:func:`repvgg.deploy.prune.select_kept`) pick the teacher channels it
+    stands for. Normalised per layer, so wide and narrow layers weigh alike.
     """
     total = 0.0
     for (block, z_s), (_, z_t) in zip(student, teacher):
-        keep = getattr(block, "kept_channels", None)
-        z_t = (z_t if keep is None else z_t[:, keep]).float()
+        z_t = select_kept(block, z_t).float()
         total = total + F.mse_loss(z_s.float(), z_t) / z_t.pow(2).mean().clamp_min(1e-8)
     return total / max(1, len(student))
 
@@ -108,8 +109,6 @@ def feature_loss(student: list, teacher: list) -> torch.Tensor:
 def _record_layer_outputs(model: nn.Module, teacher: nn.Module):
     """Forward hooks that append ``(block, output)`` of every plain layer of both models to two lists
     (and their handles, to remove them)."""
-    from .prune import plain_layers
-
     student_layers, teacher_layers = plain_layers(model), plain_layers(teacher)
     if len(student_layers) != len(teacher_layers):
         raise ValueError(f"feature distillation needs the same layers: the model has {len(student_layers)}, "

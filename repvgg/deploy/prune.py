@@ -44,6 +44,13 @@ def plain_layers(model: nn.Module) -> list[RepVGGBlock]:
     return layers
 
 
+def select_kept(block: RepVGGBlock, z: torch.Tensor) -> torch.Tensor:
+    """The channels of ``z`` (the unpruned layer's output) that the pruned ``block`` kept; all of
+    them where pruning left the layer alone (no ``kept_channels``)."""
+    keep = getattr(block, "kept_channels", None)
+    return z if keep is None else z[:, keep]
+
+
 def l1_keep(norms: torch.Tensor, keep: int) -> torch.Tensor:
     """Indices (ascending) of the ``keep`` channels with the largest (summed) filter L1 norm."""
     return norms.detach().topk(keep).indices.sort().values
@@ -106,7 +113,7 @@ def prune_model(model: nn.Module, ratio: float, multiple_of: int = 8, log=print)
             keep = l1_keep(torch.stack([b.fused.weight.abs().flatten(1).sum(1) for b in members]).sum(0), keep_n)
             for b in members:
                 _keep_outputs(b, keep)
-                b.kept_channels = keep  # which original channels survive: used by repair.recalibrate/reconstruct
+                b.kept_channels = keep  # which original channels survive: see select_kept
             for cons in consumers:
                 if isinstance(cons, RepVGGBlock):
                     _keep_inputs(cons, keep)

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .prune import plain_layers
+from .prune import plain_layers, select_kept
 
 
 @torch.no_grad()
@@ -30,7 +30,7 @@ def recalibrate(pruned: nn.Module, original: nn.Module, images: torch.Tensor) ->
     """
     h_p, h_o = images, images
     for bp, bo in zip(plain_layers(pruned), plain_layers(original)):
-        z_p, z_o = bp.fused(h_p), _kept(bp, bo.fused(h_o))
+        z_p, z_o = bp.fused(h_p), select_kept(bp, bo.fused(h_o))
         _affine_match(bp.fused, z_p, z_o)
         h_p, h_o = bp(h_p), bo(h_o)
     return pruned
@@ -52,7 +52,7 @@ def reconstruct(pruned: nn.Module, original: nn.Module, images: torch.Tensor, *,
     h_p, h_o = images, images
     for bp, bo in zip(plain_layers(pruned), plain_layers(original)):
         conv = bp.fused
-        z_o = _kept(bp, bo.fused(h_o))
+        z_o = select_kept(bp, bo.fused(h_o))
         if conv.groups == 1:
             per_image = z_o.shape[2] * z_o.shape[3] * (conv.weight[0].numel() + 1)   # positions x unknowns
             n = max(1, chunk_elements // per_image)
@@ -82,11 +82,6 @@ def repair(pruned: nn.Module, original: nn.Module, images: torch.Tensor, method:
     if len(images) == 0:
         raise ValueError("repairing a pruned model needs calibration images, got none")
     return REPAIRS[method](pruned, original, images)
-
-
-def _kept(block, z: torch.Tensor) -> torch.Tensor:
-    keep = getattr(block, "kept_channels", None)
-    return z if keep is None else z[:, keep]
 
 
 def _affine_match(conv: nn.Conv2d, z_p: torch.Tensor, z_o: torch.Tensor) -> None:
