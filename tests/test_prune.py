@@ -113,10 +113,16 @@ def test_prune_needs_fused_model():
         prune_model(tiny(), 0.3)
 
 
+def _brightness_set(n: int, classes: int, step: int) -> InMemoryDataset:
+    """``n`` 16x16 RGB images whose class is their (uniform) brightness: 20 + step * class."""
+    labels = torch.arange(n) % classes
+    images = (labels * step + 20).to(torch.uint8).view(-1, 1, 1, 1).expand(n, 3, 16, 16).contiguous()
+    return InMemoryDataset(images, labels, list("abcdefgh"[:classes]), mean=(0.5,) * 3, std=(0.25,) * 3, train=True,
+                           recipe_aug="none")
+
+
 def test_finetune_reduces_loss_on_a_small_set():
-    labels = torch.arange(64) % 5
-    images = (labels * 50 + 20).to(torch.uint8).view(-1, 1, 1, 1).expand(64, 3, 16, 16).contiguous()  # class = brightness
-    ds = InMemoryDataset(images, labels, list("abcde"), mean=(0.5,) * 3, std=(0.25,) * 3, train=True, recipe_aug="none")
+    ds = _brightness_set(64, 5, 50)
     torch.manual_seed(0)  # the random model: some draws (seed 2) start dead and stay at chance (loss ln 5)
     model = prune_model(repvgg.reparameterize(tiny()), 0.5, multiple_of=1, log=quiet).model
     losses = []
@@ -166,9 +172,7 @@ def test_finetune_ends_on_the_ema_of_its_weights(monkeypatch):
     import repvgg.deploy.finetune as ft
 
     monkeypatch.setattr(ft, "_bf16_is_faster", lambda *a: False)   # same precision in every run
-    labels = torch.arange(32) % 4
-    images = (labels * 60 + 20).to(torch.uint8).view(-1, 1, 1, 1).expand(32, 3, 16, 16).contiguous()
-    ds = InMemoryDataset(images, labels, list("abcd"), mean=(0.5,) * 3, std=(0.25,) * 3, train=True, recipe_aug="none")
+    ds = _brightness_set(32, 4, 60)
     torch.manual_seed(0)
     start = prune_model(repvgg.reparameterize(tiny()), 0.5, multiple_of=1, log=quiet).model
     runs = {d: finetune(copy.deepcopy(start), ds, 2, lr=0.05, batch_size=8, ema_decay=d, log=quiet)
@@ -208,9 +212,7 @@ def test_finetune_with_feature_distillation_trains_and_leaves_no_hooks(monkeypat
     import repvgg.deploy.finetune as ft
 
     monkeypatch.setattr(ft, "_bf16_is_faster", lambda *a: False)
-    labels = torch.arange(32) % 4
-    images = (labels * 60 + 20).to(torch.uint8).view(-1, 1, 1, 1).expand(32, 3, 16, 16).contiguous()
-    ds = InMemoryDataset(images, labels, list("abcd"), mean=(0.5,) * 3, std=(0.25,) * 3, train=True, recipe_aug="none")
+    ds = _brightness_set(32, 4, 60)
     torch.manual_seed(0)
     teacher = repvgg.reparameterize(tiny())
     student = prune_model(teacher, 0.5, multiple_of=1, log=quiet).model
