@@ -203,12 +203,16 @@ def report(args, out: Path, stem: Path, cmd: list[str], rc, wall, started: str, 
         plot_curves([(args.block, [r["elapsed_s"] / 60 for r in rows], [r["val_top1"] for r in rows], "o-")],
                     stem.parent / f"{stem.name}_curve.png",
                     f"{model_desc} ({args.block}), recipe {args.recipe}: Fashion-MNIST test top-1", args.target)
+    if args.report_only:
+        timing = f"training time (last epoch's elapsed) {wall / 60:.1f} min"
+    elif args.resume:
+        timing = (f"training time {wall / 60:.1f} min, summed over the run's segments (this one started then; "
+                  f"--resume); exit code {rc}")
+    else:
+        timing = f"wall time {wall / 60:.1f} min; exit code {rc}"
     md = [f"# Fashion-MNIST, {model_desc} ({args.block} blocks), recipe `{args.recipe}`", "",
           f"- command: `{shlex.join(cmd)}`",
-          f"- started {started}; " + (f"training time (last epoch's elapsed) {wall / 60:.1f} min" if args.report_only
-                                      else f"training time {wall / 60:.1f} min, summed over the run's segments "
-                                           f"(this one started then; --resume); exit code {rc}" if args.resume
-                                      else f"wall time {wall / 60:.1f} min; exit code {rc}"),
+          f"- started {started}; {timing}",
           f"- hardware: {result['hardware']}", f"- versions: {result['versions']}",
           f"- load average before/after: {load_before} / {result['load_avg_after']} (shared machine)",
           f"- time to {args.target}% test top-1: " + (f"{hit['elapsed_s'] / 60:.1f} min (epoch {hit['epoch']})"
