@@ -119,7 +119,15 @@ class RepVGG(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_chans)
-        return self.stages(self.stem(x))
+        # Block by block in this one frame, not self.stages(x): a called stage's caller would keep
+        # the stage's input alive until its last block, and at the first stage that input (the
+        # stem's output, the largest map) is most of the fused model's peak inference memory
+        # (A0, batch 32, 224 px, channels_last: 110 -> 92 MB of tensors).
+        x = self.stem(x)
+        for stage in self.stages:
+            for block in stage:
+                x = block(x)
+        return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
@@ -172,7 +180,8 @@ class RepVGGFeatures(nn.Module):
         x = self.stem(x)
         feats = [x] if 0 in self.out_indices else []
         for i, stage in enumerate(self.stages, start=1):
-            x = stage(x)
+            for block in stage:  # block by block, as RepVGG.forward_features does (peak memory)
+                x = block(x)
             if i in self.out_indices:
                 feats.append(x)
         return feats

@@ -120,3 +120,19 @@ def test_cli_bad_args(argv, msg, capsys):
 def test_cli_cuda_without_gpu(capsys):
     assert main(["bench", "--device", "cuda", "--out", ""]) == 2
     assert "no CUDA GPU is available" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("features_only", [False, True])
+def test_a_stage_input_is_released_after_its_first_block(features_only):
+    """Peak inference memory of the plain model: the stem's output (the largest map) must be freed
+    once the first stage block has consumed it, not held until that stage ends."""
+    import weakref
+    model = repvgg.create_model("repvgg_a0", width=0.25, depths=[2, 1, 1, 1], num_classes=10,
+                                deploy=True, features_only=features_only, out_indices=(2, 3))
+    model.eval()
+    stem_out, alive_at = [], []
+    model.stem.register_forward_hook(lambda m, i, out: stem_out.append(weakref.ref(out)))
+    model.stages[0][1].register_forward_pre_hook(lambda m, i: alive_at.append(stem_out[0]() is not None))
+    with torch.no_grad():
+        model(torch.randn(2, 3, 64, 64))
+    assert alive_at == [False]
