@@ -68,10 +68,10 @@ def test_run_outputs(run):
 def test_finish_run_refuses_a_deploy_model_that_changed(run, monkeypatch):
     """The train-time vs deploy check lives in the code path: a wrong fusion cannot ship."""
     out, data = run
-    import repvgg.train.loop as loop
+    import repvgg.train.run_folder as run_folder
     from repvgg.data import build_datasets
 
-    real = loop.reparameterize
+    real = run_folder.reparameterize
 
     def broken(model):
         fused = real(model)
@@ -80,7 +80,7 @@ def test_finish_run_refuses_a_deploy_model_that_changed(run, monkeypatch):
             fused.head.fc.bias.neg_()
         return fused
 
-    monkeypatch.setattr(loop, "reparameterize", broken)
+    monkeypatch.setattr(run_folder, "reparameterize", broken)
     _, test_ds, info = build_datasets("fashion-mnist", data, 16)
     with pytest.raises(AssertionError, match="changed .* predictions that were not ties"):
         finish_run(out, test_ds, info, log=lambda m: None)

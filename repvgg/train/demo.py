@@ -84,7 +84,8 @@ def demo(output=None, epochs: int | None = None, *, data: str = "fashion-mnist-b
     from ..checkpoint import model_from_checkpoint
     from ..data import build_datasets
     from .config import resolve_config
-    from .loop import prepare_run, train
+    from .loop import train
+    from .run_folder import prepare_run
 
     t_start = time.perf_counter()
     out = Path(output or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -1,5 +1,7 @@
 """The training loop: one function, `train(cfg, output)`, from one CPU to torchrun.
 
+The run folder (prepare_run, finish_run) is in .run_folder, signal handling in .interrupt.
+
 Nothing is lost: `last.*` is written every epoch (and on SIGINT/SIGTERM after the current
 step), `best.safetensors` on improvement, all atomically; `--resume` continues bit-for-bit
 (same batches, same augmentation, same RNG states). At the end the best weights are fused
@@ -8,87 +10,33 @@ the full test set; a difference beyond floating-point ties raises.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
-from .. import __version__
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from ..data import build_datasets, build_loader
-from ..evaluate import compare_predictions, evaluate, format_report, save_confusion_png
+from ..evaluate import evaluate
 from ..factory import create_model
-from ..reparam import reparameterize
 from . import distributed as D
 from .amp import amp_dtype, probe_cpu_amp
-from .config import AUGMENTATION_KEYS, augmentation_kwargs, model_shape_kwargs, read_config, save_config
+from .config import AUGMENTATION_KEYS, augmentation_kwargs, model_shape_kwargs, save_config
 from .ema import ModelEma
+from .grad_ckpt import GradCheckpointed
+from .interrupt import StopFlag, TrainingInterrupted
 from .metrics import MetricsLog
 from .optim import build_optimizer, build_scheduler, scaled_lr
+from .run_folder import clear_run, finish_run
 from .state import load_state, rng_state, save_state, seed_everything, set_rng_state
 
-# files a run writes; --overwrite removes exactly these, never anything else in the folder
-RUN_FILES = ("config.yaml", "last.safetensors", "last_ema.safetensors", "last.state.pt",
-             "best.safetensors", "deploy.safetensors", "metrics.jsonl", "metrics.csv",
-             "curves.png", "confusion.png", "train.log", "summary.json")
 _PRECISION = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}
-# settings that may differ on --resume without changing the result
-RESUME_FREE = ("device", "workers", "data_dir", "threads")
-
-
-class TrainingInterrupted(Exception):
-    """Stopped by a signal after saving a resumable state; `exit_code` is 128 + signal."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum
-
-
-def prepare_run(output, recipe="normal", overrides: dict | None = None, *, resume=False,
-                overwrite=False) -> dict:
-    """The config for this run, after checking the output folder.
-
-    A folder holding another run is refused unless resume (continue it, with its saved config;
-    an explicit flag that contradicts it is an error) or overwrite (its run files are removed).
-    """
-    from .config import resolve_config
-
-    out = Path(output)
-    present = [f for f in RUN_FILES if (out / f).exists()]
-    if resume:
-        if not (out / "last.state.pt").is_file():
-            raise FileNotFoundError(f"--resume: no resumable state in {out} (expected {out}/last.state.pt)")
-        cfg = read_config(out / "config.yaml")
-        for k, v in (overrides or {}).items():
-            if k == "amp" and v == "auto":
-                continue                           # the saved config holds what `auto` resolved to
-            if v is not None and k not in RESUME_FREE and cfg.get(k) != v:
-                raise ValueError(f"--resume continues {out} with its saved config; {k}={v!r} differs "
-                                 f"from the saved {cfg.get(k)!r} (use a new --output to change it)")
-            if v is not None and k in RESUME_FREE:
-                cfg[k] = v
-        return cfg
-    cfg = resolve_config(recipe, overrides)
-    is_main = int(os.environ.get("RANK", "0")) == 0      # under torchrun rank 0 alone judges the folder
-    if present and not overwrite and is_main:
-        raise FileExistsError(f"{out} already holds a run ({', '.join(present[:3])}...); use --resume to "
-                              f"continue it, --overwrite to replace it, or another --output")
-    return cfg
-
-
-def _clear_run(out: Path) -> None:
-    for f in RUN_FILES:
-        (out / f).unlink(missing_ok=True)
 
 
 def resolve_device(name: str, d: D.Dist) -> torch.device:
@@ -101,70 +49,6 @@ def resolve_device(name: str, d: D.Dist) -> torch.device:
     if name != "cpu":
         raise ValueError(f"--device must be cpu, cuda or auto, got {name!r}")
     return torch.device("cpu")
-
-
-class GradCheckpointed(nn.Module):
-    """Runs each RepVGG block under activation checkpointing (memory for compute, big models).
-
-    The recomputation in backward would update BN running statistics a second time; BN
-    momentum is zeroed during it, so the statistics match a run without checkpointing.
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    @staticmethod
-    def _recompute_ctx(block):
-        @contextlib.contextmanager
-        def frozen_bn():
-            bns = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-            saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
-                     for m in bns]
-            for m in bns:
-                m.momentum = 0.0
-            try:
-                yield
-            finally:
-                for m, (mom, nbt) in zip(bns, saved):
-                    m.momentum = mom
-                    if nbt is not None:
-                        m.num_batches_tracked.copy_(nbt)
-        return lambda: (contextlib.nullcontext(), frozen_bn())
-
-    def forward(self, x):
-        m = self.model
-        x = m.stem(x)
-        for stage in m.stages:
-            for block in stage:
-                x = checkpoint(block, x, use_reentrant=False, context_fn=self._recompute_ctx(block))
-        return m.forward_head(x)
-
-
-class _StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop stops after the current step. A second SIGINT aborts."""
-
-    def __init__(self):
-        self.signum = 0
-        self._old = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        print(f"\n{signal.Signals(signum).name} received: finishing the current step, then saving "
-              f"a resumable checkpoint (send SIGINT again to abort without saving)",
-              file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 def _subset(ds, n: int, seed: int):
@@ -206,7 +90,7 @@ class Trainer:
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
             if overwrite and not resume:
-                _clear_run(self.out)
+                clear_run(self.out)
             save_config(cfg, self.out / "config.yaml")
         D.barrier(self.dist)
 
@@ -291,7 +175,6 @@ class Trainer:
     def _load_last(self) -> None:
         st = load_state(self.out / "last.state.pt")
         load_checkpoint(self.model, self.out / "last.safetensors")
-        from ..checkpoint import read_metadata
         if read_metadata(self.out / "last.safetensors").get("step") != str(st["step"]):
             raise ValueError(f"{self.out}: last.safetensors and last.state.pt are from different steps")
         self.optimizer.load_state_dict(st["optimizer"])
@@ -344,7 +227,7 @@ class Trainer:
     # ------------------------------------------------------------------ training
     def run(self, stop_at_step: int | None = None) -> dict:
         cfg = self.cfg
-        with _StopFlag() as stop:
+        with StopFlag() as stop:
             self._log_start()
             while self.epoch < cfg["epochs"]:
                 self._train_epoch(stop, stop_at_step)
@@ -370,7 +253,7 @@ class Trainer:
             f"stopped by {name} at epoch {self.epoch + 1}, step {self.step}; resumable state saved in "
             f"{self.out}. Continue with: repvgg train --output {self.out} --resume", signum or 2)
 
-    def _train_epoch(self, stop: _StopFlag, stop_at_step: int | None) -> None:
+    def _train_epoch(self, stop: StopFlag, stop_at_step: int | None) -> None:
         from tqdm import tqdm
 
         cfg, dev = self.cfg, self.device
@@ -474,41 +357,6 @@ class Trainer:
         return summary
 
 
-def finish_run(out: Path, test_ds, info, log=print, workers: int = 0) -> dict:
-    """Fuse best.safetensors into deploy.safetensors and evaluate both forms on the full test set."""
-    from ..checkpoint import model_from_checkpoint, read_metadata
-
-    best_path = out / "best.safetensors"
-    meta = read_metadata(best_path)
-    trained = model_from_checkpoint(best_path).eval()
-    deployed = reparameterize(trained)
-    loader = build_loader(test_ds, 512, train=False, num_workers=workers)
-    t = evaluate(trained, loader, info.num_classes, keep_outputs=True)
-    d = evaluate(deployed, loader, info.num_classes, keep_outputs=True)
-    labels = torch.as_tensor(test_ds.targets) if hasattr(test_ds, "targets") else torch.cat([y for _, y in loader])
-    check = compare_predictions(t, d, labels)      # raises if fusion changed any non-tie prediction
-    deploy_meta = {k: v for k, v in meta.items() if k not in ("build_args", "deployed", "format", "repvgg_version")}
-    save_checkpoint(deployed, out / "deploy.safetensors", metadata=deploy_meta)
-    save_confusion_png(d["confusion"], out / "confusion.png", info.class_names,
-                       title=f"deploy model, {info.name} test: top-1 {d['top1']:.2f}%")
-    summary = {"train_top1": t["top1"], "deploy_top1": d["top1"], "top5": d["top5"],
-               "agreement_pct": check["agreement"], "flips": check["flips"], "tie_flips": check["tie_flips"],
-               "max_logit_diff": check["max_logit_diff"], "test_images": d["n"], "best_epoch": meta.get("epoch"),
-               "per_class": dict(zip(info.class_names, d["per_class"]))}
-    from .config import atomic_write_text
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-    log(f"best weights (epoch {meta.get('epoch')}): train-time top-1 {t['top1']:.2f}%  |  fused deploy "
-        f"top-1 {d['top1']:.2f}%  |  identical predictions on {check['agreement']:.2f}% of {d['n']} "
-        f"test images (max logit diff {check['max_logit_diff']:.2g})")
-    if check["flips"]:
-        log(f"  {check['flips']} prediction(s) differ, all near-ties (two best logits equal within "
-            f"float rounding), which is why accuracy can move by at most that many images")
-    log(format_report(d, info.class_names))
-    log(f"wrote {out}/deploy.safetensors (fused), best.safetensors, last.*, metrics.csv/jsonl, "
-        f"curves.png, confusion.png, train.log")
-    return summary
-
-
 def train(cfg: dict, output, *, resume=False, overwrite=False, quiet=False,
           stop_at_step: int | None = None) -> dict:
     """Train with `cfg` (see prepare_run) into `output`; return a summary (best/deploy top-1...).
@@ -526,5 +374,4 @@ def train(cfg: dict, output, *, resume=False, overwrite=False, quiet=False,
     return result
 
 
-__all__ = ["train", "prepare_run", "Trainer", "TrainingInterrupted", "finish_run", "GradCheckpointed",
-           "amp_dtype", "RUN_FILES"]
+__all__ = ["train", "Trainer", "resolve_device"]
