@@ -57,7 +57,7 @@ def save_checkpoint(
         raise ValueError(f"unknown checkpoint format {fmt!r}; use 'safetensors' or 'pth'")
     state = model if isinstance(model, Mapping) else model.state_dict()
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    meta = {"format": FORMAT_NAME, "repvgg_version": __version__, "deployed": json.dumps(_is_deploy_form(tensors))}
+    meta = {"format": FORMAT_NAME, "repvgg_version": __version__, "deployed": json.dumps(is_deploy_form(tensors))}
     build_args = getattr(model, "build_args", None)
     if build_args:
         meta["build_args"] = json.dumps(build_args, default=_jsonable, sort_keys=True)
@@ -233,14 +233,14 @@ def load_state_dict(
     if not any(k.startswith("head.") for k in target):  # a backbone takes a classifier's weights
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
     renamed = "" if naming == "repvgg" else ", keys below renamed to repvgg naming"
-    what = f"checkpoint {source} ({naming} naming, {'deploy' if _is_deploy_form(sd) else 'train-time'} form{renamed})"
+    what = f"checkpoint {source} ({naming} naming, {'deploy' if is_deploy_form(sd) else 'train-time'} form{renamed})"
     deployed = {n: m for n, m in model.named_modules() if isinstance(m, RepVGGBlock) and m.deploy}
-    if _is_deploy_form(sd) and not _is_deploy_form(target):
+    if is_deploy_form(sd) and not is_deploy_form(target):
         raise CheckpointError(
             f"{what} holds fused deploy weights, but the model is in train-time form: a fused 3x3 conv "
             "cannot be split back into branches. Build the model with deploy=True, or load a train-time checkpoint."
         )
-    if deployed and not _is_deploy_form(sd):
+    if deployed and not is_deploy_form(sd):
         sd = _fuse_into_deploy(sd, deployed, target, strict, what, model, allow_missing)
     expected = {k: tuple(v.shape) for k, v in target.items()}
     _check(expected, sd, strict, what, model, allow_missing)
@@ -340,7 +340,7 @@ def infer_arch(sd: Mapping) -> dict | None:
     head = sd.get("head.fc.weight")
     return dict(
         stem_width=weights["stem"][0], in_chans=weights["stem"][1], widths=widths, depths=depths,
-        groups=groups, se=any(".se." in k for k in sd), deployed=_is_deploy_form(sd),
+        groups=groups, se=any(".se." in k for k in sd), deployed=is_deploy_form(sd),
         num_classes=head.shape[0] if head is not None else 0,
     )
 
@@ -373,7 +373,8 @@ def describe_checkpoint(sd: Mapping) -> str:
     )
 
 
-def _is_deploy_form(sd: Mapping) -> bool:
+def is_deploy_form(sd: Mapping) -> bool:
+    """Fused ``fused.*`` keys and no train-time ``conv3x3.*`` keys."""
     keys = list(sd)
     return any(".fused." in k or k.startswith("fused.") for k in keys) and not any(
         ".conv3x3." in k or k.startswith("conv3x3.") for k in keys
@@ -396,7 +397,7 @@ def model_from_checkpoint(path: str | PathLike, **overrides) -> nn.Module:
                               "checkpoint; load it with repvgg.deploy.quantize_pt2e.load_int8")
     ours, _ = normalize_state_dict(sd, str(path))
     args = build_args_for(ours, meta, str(path))
-    deploy = overrides.pop("deploy", _is_deploy_form(ours))
+    deploy = overrides.pop("deploy", is_deploy_form(ours))
     model = create_model(**{**args, **overrides}, deploy=deploy)
     return load_state_dict(model, ours, source=str(path))
 
@@ -414,75 +415,3 @@ def build_args_for(sd_ours: Mapping, meta: Mapping, source: str) -> dict:
         )
     info = infer_arch(sd_ours)
     return dict(name=name, num_classes=info["num_classes"], in_chans=info["in_chans"])
-
-
-# ------------------------------------------------------------------------------------- convert
-TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}  # max relative error, fused vs train form
-
-
-def fusion_error(train: nn.Module, deploy: nn.Module, x: torch.Tensor) -> tuple[float, float]:
-    """``(max abs error, max abs error / max |train output|)`` of the two forms on ``x``."""
-    with torch.no_grad():
-        ref, out = train.eval()(x), deploy.eval()(x)
-    abs_err = (out - ref).abs().max().item()
-    return abs_err, abs_err / max(ref.abs().max().item(), 1e-30)
-
-
-def convert_checkpoint(
-    src: str | PathLike, dst: str | PathLike, model: str | None = None, num_classes: int | None = None,
-    verify: bool = False, fmt: str | None = None, image_size: int = 64, seed: int = 0,
-) -> dict:
-    """Fuse a train-time checkpoint (any naming) into a deploy checkpoint at ``dst``.
-
-    The model comes from ``model`` (a zoo name), else the file's metadata, else its shapes. Fusion
-    runs in float64 and rounds once. With ``verify``, both forms run on random input in float64
-    and float32; above :data:`TOLERANCE` nothing is written and the report has ``ok=False``.
-    A checkpoint already in deploy form is rewritten in our naming. Returns a report dict.
-    """
-    import copy
-
-    from .archs import canonical_name
-    from .factory import create_model
-    from .reparam import reparameterize
-
-    sd, meta = read_checkpoint(src)
-    ours, naming = normalize_state_dict(sd, str(src))
-    args = dict(meta.get("build_args") or {}) if isinstance(meta.get("build_args"), dict) else {}
-    info = infer_arch(ours) or {}
-    source = "metadata"
-    if model is not None:
-        args["name"], source = canonical_name(model), "--model"
-    elif "name" not in args:
-        args, source = build_args_for(ours, {}, str(src)), "shapes"
-    args.setdefault("in_chans", info.get("in_chans", 3))
-    if num_classes is not None:
-        args["num_classes"] = num_classes
-    elif "num_classes" not in args:
-        args["num_classes"] = info.get("num_classes") or 1000
-    report = dict(src=str(src), dst=str(dst), naming=naming, model=args["name"], model_from=source, ok=True, errors={})
-    extra_meta = {"converted_from": Path(src).name, "source_naming": naming}
-    if _is_deploy_form(ours):
-        deployed = load_state_dict(create_model(**args, deploy=True), ours, source=str(src))
-        report["already_deployed"] = True
-        save_checkpoint(deployed, dst, metadata=extra_meta, fmt=fmt)
-        return report
-
-    train = load_state_dict(create_model(**args), ours, source=str(src)).eval()
-    train64 = copy.deepcopy(train).double()
-    x = torch.randn(2, args["in_chans"], image_size, image_size, dtype=torch.float64,
-                    generator=torch.Generator().manual_seed(seed))
-    fused64 = reparameterize(train64, inplace=not verify)  # raises NotConvertibleError, with the reason
-    with torch.no_grad():
-        ref64 = train64(x) if verify else None
-    del train64
-    fused = copy.deepcopy(fused64).to(next(train.parameters()).dtype)
-    if verify:
-        with torch.no_grad():
-            abs64 = (fused64(x) - ref64).abs().max().item()
-        report["errors"]["float64"] = (abs64, abs64 / max(ref64.abs().max().item(), 1e-30))
-        report["errors"]["float32"] = fusion_error(train, fused, x.float())
-        report["ok"] = all(rel <= TOLERANCE[getattr(torch, dt)] for dt, (_, rel) in report["errors"].items())
-        if not report["ok"]:
-            return report
-    save_checkpoint(fused, dst, metadata=extra_meta, fmt=fmt)
-    return report

@@ -4,7 +4,8 @@ import torch
 
 import repvgg
 from repvgg.blocks import NotConvertibleError
-from repvgg.checkpoint import CheckpointError, convert_checkpoint, load_checkpoint, save_checkpoint
+from repvgg.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from repvgg.convert import convert_checkpoint
 from repvgg.cli import main
 
 KW = dict(num_classes=10, small_input=True)

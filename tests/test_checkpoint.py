@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 
 import repvgg
 from repvgg import checkpoint as ckpt
-from repvgg.checkpoint import CheckpointError, convert_checkpoint, load_checkpoint, read_metadata, save_checkpoint
+from repvgg.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
+from repvgg.convert import convert_checkpoint
 from tests.conftest import randomize_bn_, rel_err
 
 KW = dict(num_classes=10, small_input=True)

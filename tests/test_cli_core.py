@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 import repvgg
 from repvgg import checkpoint as ckpt
+from repvgg import convert
 from repvgg.cli import main
 from tests.conftest import randomize_bn_, rel_err
 
@@ -78,7 +79,7 @@ def test_convert_fails_above_tolerance_and_writes_nothing(train_ckpt, tmp_path, 
     _, src = train_ckpt
     dst = tmp_path / "out.safetensors"
     dst.write_bytes(b"older file")
-    monkeypatch.setitem(ckpt.TOLERANCE, torch.float32, -1.0)  # no error can pass
+    monkeypatch.setitem(convert.TOLERANCE, torch.float32, -1.0)  # no error can pass
     assert main(["convert", str(src), str(dst), "--verify", "--verify-size", "16"]) == 1
     captured = capsys.readouterr()
     assert "FAIL" in captured.out and "not written" in captured.err

@@ -7,7 +7,7 @@ import sys
 import torch
 
 from ..archs import ARCHS, canonical_name
-from ..checkpoint import TOLERANCE, convert_checkpoint
+from ..convert import TOLERANCE, convert_checkpoint
 from ..complexity import count_macs, count_params
 from ..factory import create_model, list_models
 from ..hub import PRETRAINED_FILES
