@@ -1,6 +1,7 @@
 """repvgg.bench: counters against the paper's Table 4, fused baselines, protocol, smoke runs, bad args.
 No timing assertions: the machine is shared, only structure and counts are checked."""
 import json
+import weakref
 
 import pytest
 import torch
@@ -126,9 +127,9 @@ def test_cli_cuda_without_gpu(capsys):
 def test_a_stage_input_is_released_after_its_first_block(features_only):
     """Peak inference memory of the plain model: the stem's output (the largest map) must be freed
     once the first stage block has consumed it, not held until that stage ends."""
-    import weakref
-    model = repvgg.create_model("repvgg_a0", width=0.25, depths=[2, 1, 1, 1], num_classes=10,
-                                deploy=True, features_only=features_only, out_indices=(2, 3))
+    features = dict(features_only=True, out_indices=(2, 3)) if features_only else {}
+    model = repvgg.create_model("repvgg_a0", width=0.25, depths=[2, 1, 1, 1], num_classes=10, deploy=True,
+                                **features)
     model.eval()
     stem_out, alive_at = [], []
     model.stem.register_forward_hook(lambda m, i, out: stem_out.append(weakref.ref(out)))
