@@ -156,7 +156,8 @@ def optimize_for_inference(
             if kind == "onednn":
                 impl = OneDNNPlain(copy.deepcopy(ref), dtype)
             else:
-                impl = copy.deepcopy(ref).to(dtype=dtype, memory_format=torch.channels_last if cl else torch.contiguous_format)
+                layout = torch.channels_last if cl else torch.contiguous_format
+                impl = copy.deepcopy(ref).to(dtype=dtype, memory_format=layout)
                 if kind == "compiled":
                     impl = compile_for_inference(impl, device)
             candidate = InferenceModel(impl, device, dtype, cl, info)

@@ -1,9 +1,9 @@
 """The paper's Wino MULs, counted with torch.utils.flop_counter; params and multiply-adds come
 from :mod:`repvgg.complexity` (one implementation of each count in the package).
 
-Theoretical FLOPs in the paper are multiply-adds (footnote 2). Wino MULs (Sect. 2.4): a stride-1 3x3 conv computed with F(2x2, 3x3)
-Winograd needs 4/9 of its multiplications; every other op (strided or dilated convs, 1x1 convs,
-the classifier) counts in full.
+Theoretical FLOPs in the paper are multiply-adds (footnote 2). Wino MULs (Sect. 2.4): a stride-1
+3x3 conv computed with F(2x2, 3x3) Winograd needs 4/9 of its multiplications; every other op
+(strided or dilated convs, 1x1 convs, the classifier) counts in full.
 """
 from __future__ import annotations
 

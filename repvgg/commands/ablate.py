@@ -51,7 +51,8 @@ def run(args) -> int:
         f"repvgg ablate --output {args.output} ..."
     header = (f"# Ablation (paper Tables 6-7): {args.model} width x{args.width:g} on {args.data}, recipe "
               f"{args.recipe}{f', {args.epochs} epochs' if args.epochs else ''}, settings {settings or '{}'}\n\n"
-              f"Command: `{cmd}`  \nHardware: {cpu_name()} ({os.cpu_count()} cores), CPU only, shared with other jobs (speeds are "
+              f"Command: `{cmd}`  \nHardware: {cpu_name()} ({os.cpu_count()} cores), CPU only, shared with "
+              "other jobs (speeds are "
               f"indicative; train-time vs deploy ratios are timed interleaved).  \n"
               "Top-1 is on the test split, best epoch (EMA weights when the recipe uses EMA). The last column "
               "is the PAPER's ImageNet top-1 of RepVGG-B0 after 120 epochs, quoted for the ordering only.")

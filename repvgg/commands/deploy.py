@@ -5,7 +5,8 @@ from pathlib import Path
 
 
 def _common(p, out_help: str) -> None:
-    p.add_argument("--checkpoint", required=True, help="a .safetensors/.pth checkpoint (train-time files are fused first)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a .safetensors/.pth checkpoint (train-time files are fused first)")
     p.add_argument("--model", help="model name (default: from the checkpoint's metadata)")
     p.add_argument("--num-classes", type=int, help="default: from the checkpoint")
     p.add_argument("--out", help=out_help)
@@ -31,9 +32,11 @@ def register(sub) -> None:
     q = sub.add_parser("quantize", help="INT8 model (onnxruntime QDQ or PyTorch PT2E), fp32 vs INT8 top-1 and speed",
                        description="Post-training INT8 quantization calibrated on training images, then fp32 vs "
                                    "INT8 top-1 on the test split and CPU speed side by side (onnxruntime for "
-                                   "--method ort, fp32 torch.compile vs INT8 lowered to oneDNN kernels for --method torch).")
+                                   "--method ort, fp32 torch.compile vs INT8 lowered to oneDNN kernels for "
+                                   "--method torch).")
     _common(q, "INT8 file (default: CHECKPOINT.int8.onnx; --method torch: CHECKPOINT.int8.safetensors)")
-    q.add_argument("--data", required=True, help="fashion-mnist | fashion-mnist-builtin | cifar10 | cifar100 | imagefolder:PATH")
+    q.add_argument("--data", required=True,
+                   help="fashion-mnist | fashion-mnist-builtin | cifar10 | cifar100 | imagefolder:PATH")
     q.add_argument("--data-dir")
     q.add_argument("--image-size", type=int, help="resize the data (default: the checkpoint's training size)")
     q.add_argument("--calib-batches", type=int, default=8, help="training batches for calibration (default 8)")
@@ -196,9 +199,13 @@ def run_prune(args) -> int:
     data = _datasets(args, model) if args.data else None
     result = prune_model(model, args.ratio, multiple_of=args.multiple_of)
     pruned = result.model
-    size = (data[2].image_size,) * 2 if data else (args.image_size,) * 2 if args.image_size else default_image_size(model)
+    if data:
+        size = (data[2].image_size,) * 2
+    else:
+        size = (args.image_size,) * 2 if args.image_size else default_image_size(model)
     shape = (1, model.in_chans, *size)
-    rows = [("params", count_params(model), count_params(pruned)), ("MACs", count_macs(model, shape), count_macs(pruned, shape))]
+    rows = [("params", count_params(model), count_params(pruned)),
+            ("MACs", count_macs(model, shape), count_macs(pruned, shape))]
     x = torch.randn(args.batch_size, *shape[1:])
     with torch.no_grad():
         t = time_interleaved({"before": lambda: model(x), "after": lambda: pruned(x)}, repeats=10)

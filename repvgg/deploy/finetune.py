@@ -1,9 +1,10 @@
 """Brief fine-tuning of a fused (plain) RepVGG, e.g. after pruning.
 
-Train it on the augmentation the model was trained with (``repvgg.train.config.training_augmentation``):
-on the full Fashion-MNIST, 3 epochs on the default 4 px crops took the trained A0 x0.5 from 94.11% to
-93.62%, on its own 1 px crops + erasing to 94.13% (benchmarks/results/deploy_prune_full_kd3.md). Putting a BN back on each conv for the fine-tune
-(folded afterwards) made no difference there (30% pruned, 3 epochs: 92.50 vs 92.49), so the convs
+Train it on the augmentation the model was trained with
+(``repvgg.train.config.training_augmentation``): on the full Fashion-MNIST, 3 epochs on the default
+4 px crops took the trained A0 x0.5 from 94.11% to 93.62%, on its own 1 px crops + erasing to
+94.13% (benchmarks/results/deploy_prune_full_kd3.md). Putting a BN back on each conv for the
+fine-tune (folded afterwards) made no difference there (30% pruned, 3 epochs: 92.50 vs 92.49), so the convs
 train as they are. The default peak lr 0.05 (one-cycle) beat 0.01 after pruning 30%: 93.75% vs
 93.42% after 10 epochs with distillation, against 94.11% unpruned
 (benchmarks/results/deploy_prune_full_rec_kd10{_lr05,}.md, one seed each).

@@ -240,7 +240,8 @@ class Trainer:
                      f"[{self.info.origin}: {self.info.num_train} train / {self.info.num_test} test, "
                      f"{self.info.image_size}px, {self.info.in_chans} ch] for {cfg['epochs']} epochs, "
                      f"{self.dist.world_size} x batch {cfg['batch_size']}, lr "
-                     f"{scaled_lr(cfg['lr'], self.global_batch):.4g}, precision {_PRECISION[self.amp]}, device {self.device}")
+                     f"{scaled_lr(cfg['lr'], self.global_batch):.4g}, precision {_PRECISION[self.amp]}, "
+                     f"device {self.device}")
             if self._amp_note:
                 self.log(self._amp_note)
         else:
