@@ -24,7 +24,7 @@ import torch
 from . import list_blocks
 from .archs import ARCHS, canonical_name, resize_arch
 from .blocks import BLOCKS
-from .train.config import atomic_write_text
+from .fileio import atomic_write_text
 
 # The paper's ImageNet top-1 (%) of RepVGG-B0 trained 120 epochs (Tables 6 and 7). QARepVGG is not
 # in the paper. Quoted for the ORDERING only: other data, model size and schedule than ours.

@@ -261,6 +261,11 @@ class RepVGGBlock(nn.Module):
         fused.se = self.se
         return fused.train(self.training)
 
+    def train_twin(self) -> "RepVGGBlock":
+        """A fresh train-time block whose fusion has this block's shape (fuse-on-load fills it)."""
+        return RepVGGBlock(self.in_channels, self.out_channels, self.stride, self.groups, self.dilation,
+                           se=isinstance(self.se, SqueezeExcite), block=self.spec, deploy=False)
+
     def extra_repr(self) -> str:
         form = "deploy" if self.deploy else f"train, block={self.spec.name}"
         return f"{self.in_channels}->{self.out_channels}, stride={self.stride}, groups={self.groups}, " \

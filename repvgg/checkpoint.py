@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
 import re
-import tempfile
+import warnings
 from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
@@ -24,8 +23,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .archs import ARCHS
-from .blocks import BLOCKS, BlockSpec, RepVGGBlock, SqueezeExcite
+from .blocks import BLOCKS, BlockSpec
+from .fileio import atomic_write
 from .keymaps import detect_naming, to_ours
+from .reparam import FUSABLE
 
 FORMAT_NAME = "repvgg"
 # Containers that training frameworks put the weights in, tried in this order.
@@ -52,7 +53,7 @@ def save_checkpoint(
     from . import __version__
 
     path = Path(path)
-    fmt = fmt or _format_from_suffix(path) or "safetensors"
+    fmt = fmt or format_from_suffix(path) or "safetensors"
     if fmt not in ("safetensors", "pth"):
         raise ValueError(f"unknown checkpoint format {fmt!r}; use 'safetensors' or 'pth'")
     state = model if isinstance(model, Mapping) else model.state_dict()
@@ -60,6 +61,7 @@ def save_checkpoint(
     meta = {"format": FORMAT_NAME, "repvgg_version": __version__, "deployed": json.dumps(is_deploy_form(tensors))}
     build_args = getattr(model, "build_args", None)
     if build_args:
+        _check_build_args(build_args, tensors, path)
         meta["build_args"] = json.dumps(build_args, default=_jsonable, sort_keys=True)
     for k, v in (metadata or {}).items():
         meta[str(k)] = v if isinstance(v, str) else json.dumps(v, default=_jsonable)
@@ -74,20 +76,30 @@ def save_checkpoint(
     return path
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temp file beside ``path``, then ``os.replace`` it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+def _check_build_args(build_args: Mapping, tensors: Mapping, path: Path) -> None:
+    """Refuse metadata that would not rebuild these weights (a model changed behind create_model's back).
+
+    The model the metadata describes is built on the meta device (shapes only, no memory) and its
+    state dict compared with the one being saved.
+    """
+    from .factory import create_model
+
+    if "name" not in build_args:
+        return
+    sd = _strip_prefixes(dict(tensors))
+    with torch.device("meta"):
+        ref = create_model(**build_args, deploy=is_deploy_form(sd)).state_dict()
+    bad = [k for k in ref if k not in sd or tuple(sd[k].shape) != tuple(ref[k].shape)]
+    bad += [k for k in sd if k not in ref]
+    if bad:
+        k = bad[0]
+        got = tuple(sd[k].shape) if k in sd else "absent"
+        want = tuple(ref[k].shape) if k in ref else "absent"
+        raise CheckpointError(
+            f"not writing {path}: the model's build_args {dict(build_args)} would rebuild a different model "
+            f"({len(bad)} tensors differ; first {k}: weights {got}, rebuilt {want}). Change a model through "
+            "its API (reset_classifier, repvgg.deploy.prune_model) so that its build_args follow, or save "
+            "model.state_dict() to write the weights without build_args")
 
 
 def _jsonable(obj):
@@ -102,6 +114,8 @@ def _jsonable(obj):
 def read_checkpoint(path: str | PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """``(state_dict, metadata)`` of a file: wrappers and ``module.`` prefixes removed, naming kept."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, not a checkpoint file (give the .safetensors/.pth file in it)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     fmt = _sniff_format(path)
@@ -112,17 +126,22 @@ def read_checkpoint(path: str | PathLike) -> tuple[dict[str, torch.Tensor], dict
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         else:
             # timm's train.py stores its argparse.Namespace; rebuilding one sets attributes, runs no code
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                obj = torch.load(path, map_location="cpu", weights_only=True)
+            # a file object, not the path: torch.load picks its reader from a path's extension, and a
+            # .pth renamed to .safetensors must still load as what its bytes are
+            with torch.serialization.safe_globals([argparse.Namespace]), open(path, "rb") as f:
+                obj = torch.load(f, map_location="cpu", weights_only=True)
             tensors, raw_meta = _unwrap(obj, path)
     except CheckpointError:
         raise
     except pickle.UnpicklingError as e:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        # torch's wording changes between versions ("Unsupported global: GLOBAL x", "unsupported GLOBAL
+        # x whose module y is blocked"); both name the refused callable after the word GLOBAL
+        refused = re.search(r"\bGLOBAL\s+([\w.]+)", str(e), flags=re.IGNORECASE)
         if refused:
             raise CheckpointError(
-                f"{path} holds Python objects other than tensors and plain containers ({refused[1]}); they are "
-                "not unpickled, since that could run code. Re-save its state_dict with torch.save, or as .safetensors"
+                f"{path} holds Python objects other than tensors and plain containers ({refused[1]}): loading them "
+                "could run code, so they were refused and nothing from the file was executed. Re-save its "
+                "state_dict with torch.save, or as .safetensors"
             ) from None
         raise CheckpointError(
             f"cannot read {path} as a {fmt} checkpoint: the file is truncated or corrupt (not a valid pickle)"
@@ -144,13 +163,12 @@ def read_metadata(path: str | PathLike) -> dict:
     return read_checkpoint(path)[1]
 
 
-def _format_from_suffix(path: Path) -> str | None:
+CHECKPOINT_SUFFIXES = {"safetensors": (".safetensors",), "pth": (".pth", ".pt", ".bin", ".ckpt", ".tar")}
+
+
+def format_from_suffix(path: Path) -> str | None:
     suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        return "safetensors"
-    if suffix in (".pth", ".pt", ".bin", ".ckpt", ".tar"):
-        return "pth"
-    return None
+    return next((fmt for fmt, suffixes in CHECKPOINT_SUFFIXES.items() if suffix in suffixes), None)
 
 
 def _sniff_format(path: Path) -> str:
@@ -161,7 +179,7 @@ def _sniff_format(path: Path) -> str:
         return "safetensors"  # checked first: a header length like 0x..80 starts with the pickle byte
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch zip archive / legacy pickle
         return "pth"
-    return _format_from_suffix(path) or "pth"
+    return format_from_suffix(path) or "pth"
 
 
 def _unwrap(obj, path: Path) -> tuple[dict, dict]:
@@ -234,7 +252,7 @@ def load_state_dict(
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
     renamed = "" if naming == "repvgg" else ", keys below renamed to repvgg naming"
     what = f"checkpoint {source} ({naming} naming, {'deploy' if is_deploy_form(sd) else 'train-time'} form{renamed})"
-    deployed = {n: m for n, m in model.named_modules() if isinstance(m, RepVGGBlock) and m.deploy}
+    deployed = {n: m for n, m in model.named_modules() if isinstance(m, FUSABLE) and m.deploy}
     if is_deploy_form(sd) and not is_deploy_form(target):
         raise CheckpointError(
             f"{what} holds fused deploy weights, but the model is in train-time form: a fused 3x3 conv "
@@ -261,8 +279,13 @@ def normalize_state_dict(state_dict: Mapping, source: str = "state dict") -> tup
 
 
 def _fuse_into_deploy(sd, deployed, target, strict, what, model, allow_missing) -> dict:
-    """Replace each deploy block's train-time keys in ``sd`` by its fused ``(weight, bias)``."""
-    twins = {n: _train_twin(m) for n, m in deployed.items()}
+    """Replace each deploy module's train-time keys in ``sd`` by the keys of its fused form.
+
+    Each fused module (a RepVGG block, a Residual Reorg conv-BN layer) gets its train-time twin in
+    float64, loads its branch weights, and is fused by the module's own ``fuse``, so loading and
+    :func:`repvgg.reparameterize` share one piece of math and round once.
+    """
+    twins = {n: m.train_twin().double() for n, m in deployed.items()}
     expected = {k: tuple(v.shape) for k, v in target.items() if not _under(k, deployed)}
     for n, twin in twins.items():
         expected.update({f"{n}.{k}": tuple(v.shape) for k, v in twin.state_dict().items()})
@@ -271,22 +294,12 @@ def _fuse_into_deploy(sd, deployed, target, strict, what, model, allow_missing) 
     with torch.no_grad():
         for n, twin in twins.items():
             sub = {k[len(n) + 1:]: v for k, v in sd.items() if k.startswith(n + ".")}
-            if not sub:  # strict=False and nothing for this block: leave it as it is
+            if not sub:  # strict=False and nothing for this module: leave it as it is
                 continue
             twin.load_state_dict(sub, strict=strict)
-            kernel, bias = twin.eval().fused_kernel_bias()
-            dtype = deployed[n].fused.weight.dtype
-            out[f"{n}.fused.weight"], out[f"{n}.fused.bias"] = kernel.to(dtype), bias.to(dtype)
-            out.update({f"{n}.se.{k}": v.to(dtype) for k, v in twin.se.state_dict().items()})
+            dtype = next(iter(deployed[n].parameters())).dtype
+            out.update({f"{n}.{k}": v.to(dtype) for k, v in twin.eval().fuse().state_dict().items()})
     return out
-
-
-def _train_twin(block: RepVGGBlock) -> RepVGGBlock:
-    """The train-time block whose fusion is ``block``; float64 so the fused weights round once."""
-    return RepVGGBlock(
-        block.in_channels, block.out_channels, block.stride, block.groups, block.dilation,
-        se=isinstance(block.se, SqueezeExcite), block=block.spec, deploy=False,
-    ).double()
 
 
 def _under(key: str, prefixes) -> bool:
@@ -382,12 +395,23 @@ def is_deploy_form(sd: Mapping) -> bool:
 
 
 # ------------------------------------------------------------------------------------- rebuild
+class GuessedArchitectureWarning(UserWarning):
+    """A file without our metadata: the model was inferred from its weight shapes (said, never silent)."""
+
+
+# Build flags that change what a model computes without changing any weight's shape: a file
+# without metadata cannot tell them, so a guess leaves them at their defaults and says so.
+SHAPELESS_FLAGS = {"small_input": "small_input=False (a stride-2 stem; --small-input for a stride-1 one)",
+                   "output_stride": "output_stride=32 (--output-stride 8/16 for a dilated backbone)"}
+
+
 def model_from_checkpoint(path: str | PathLike, **overrides) -> nn.Module:
     """Build the model a checkpoint holds and load it.
 
     Uses the saved ``build_args`` when the file has our metadata, else the zoo model its shapes
-    match (any naming). ``overrides`` go to :func:`repvgg.create_model` (``deploy=True`` fuses a
-    train-time checkpoint on the way in).
+    match (any naming; a :class:`GuessedArchitectureWarning` says what was guessed).
+    ``overrides`` go to :func:`repvgg.create_model` (``deploy=True`` fuses a train-time
+    checkpoint on the way in; ``small_input=True`` for a file saved without metadata).
     """
     from .factory import create_model
 
@@ -396,22 +420,58 @@ def model_from_checkpoint(path: str | PathLike, **overrides) -> nn.Module:
         raise CheckpointError(f"{path} holds an INT8 program (fp32 weights + calibration statistics), not a model "
                               "checkpoint; load it with repvgg.deploy.quantize_pt2e.load_int8")
     ours, _ = normalize_state_dict(sd, str(path))
-    args = build_args_for(ours, meta, str(path))
-    deploy = overrides.pop("deploy", is_deploy_form(ours))
-    model = create_model(**{**args, **overrides}, deploy=deploy)
+    deploy = overrides.pop("deploy", None)
+    args = build_args_for(ours, meta, str(path), overrides)
+    model = create_model(**args, deploy=is_deploy_form(ours) if deploy is None else deploy)
     return load_state_dict(model, ours, source=str(path))
 
 
-def build_args_for(sd_ours: Mapping, meta: Mapping, source: str) -> dict:
-    """``create_model`` kwargs for a checkpoint: its metadata, else inferred from its shapes."""
-    args = meta.get("build_args")
-    if isinstance(args, dict) and "name" in args:
-        return dict(args)
-    name = guess_model(sd_ours)
-    if name is None:
+def saved_shape(sd: Mapping, meta: Mapping, name: str, width, channels, depths, deploy):
+    """``(width, channels, depths, deploy)`` for ``create_model(name, checkpoint=...)``.
+
+    What the caller left unset comes from the file: the form (train-time or fused), and the widths
+    and depths its metadata records for this same model (a pruned or resized one), so every
+    checkpoint repvgg writes loads through ``create_model`` as well.
+    """
+    ours, _ = normalize_state_dict(sd)
+    if deploy is None:
+        deploy = is_deploy_form(ours)
+    saved = meta.get("build_args")
+    if isinstance(saved, dict) and saved.get("name") == name and width == 1 and channels is None and depths is None:
+        width, channels, depths = saved.get("width", 1.0), saved.get("channels"), saved.get("depths")
+    return width, channels, depths, deploy
+
+
+def build_args_for(sd_ours: Mapping, meta: Mapping, source: str, overrides: Mapping | None = None) -> dict:
+    """``create_model`` kwargs for a checkpoint: its metadata, else inferred from its shapes.
+
+    ``overrides`` (a model name, ``num_classes``, ``small_input``...) win over both. What is
+    inferred from shapes is announced with a :class:`GuessedArchitectureWarning`, naming the flags
+    that no shape reveals.
+    """
+    from .archs import canonical_name
+
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if "name" in overrides:
+        overrides["name"] = canonical_name(overrides["name"])
+    saved = meta.get("build_args")
+    if isinstance(saved, dict) and "name" in saved:
+        return {**saved, **overrides}
+    info = infer_arch(sd_ours)
+    name = overrides.get("name") or guess_model(sd_ours)
+    if name is None or info is None:
         raise CheckpointError(
             f"{source} has no repvgg metadata and {describe_checkpoint(sd_ours)}; build the model with "
             "create_model(name, ...) and call load_checkpoint(model, path)"
         )
-    info = infer_arch(sd_ours)
-    return dict(name=name, num_classes=info["num_classes"], in_chans=info["in_chans"])
+    args = {"name": name, "num_classes": info["num_classes"], "in_chans": info["in_chans"], **overrides}
+    guessed = [k for k in ("name", "num_classes", "in_chans") if k not in overrides]
+    unsaid = [flag for key, flag in SHAPELESS_FLAGS.items() if key not in overrides]
+    if guessed or unsaid:
+        seen = ", ".join(f"{k}={args[k]!r}" for k in guessed) or "nothing"
+        warnings.warn(
+            f"{source} has no repvgg metadata: inferred from its weight shapes {seen}"
+            + (f"; not visible in weights, so left at the default: {'; '.join(unsaid)}" if unsaid else ""),
+            GuessedArchitectureWarning, stacklevel=3,
+        )
+    return args

@@ -6,13 +6,15 @@ import importlib
 import os
 import pkgutil
 import sys
+import warnings
 
 from . import commands
 from .blocks import NotConvertibleError
+from .optional import MissingExtraError
 
 # Errors that mean "your input is wrong": shown as one clear line, not a traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError, PermissionError,
-               NotConvertibleError)
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError, IsADirectoryError,
+               PermissionError, NotConvertibleError, MissingExtraError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,8 +25,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _notes_as_lines(verb: str) -> None:
+    """Our own warnings (a checkpoint's model guessed from shapes...) print as one readable line."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__module__.startswith("repvgg"):
+            print(f"repvgg {verb}: note: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _notes_as_lines(args.command)
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as e:

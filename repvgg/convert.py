@@ -12,9 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .archs import canonical_name
-from .checkpoint import (build_args_for, infer_arch, is_deploy_form, load_state_dict, normalize_state_dict,
-                         read_checkpoint, save_checkpoint)
+from .checkpoint import build_args_for, is_deploy_form, load_state_dict, normalize_state_dict, read_checkpoint, save_checkpoint
 from .factory import create_model
 from .reparam import reparameterize
 
@@ -31,30 +29,25 @@ def fusion_error(train: nn.Module, deploy: nn.Module, x: torch.Tensor) -> tuple[
 
 def convert_checkpoint(
     src: str | PathLike, dst: str | PathLike, model: str | None = None, num_classes: int | None = None,
-    verify: bool = False, fmt: str | None = None, image_size: int = 64, seed: int = 0,
+    verify: bool = False, fmt: str | None = None, image_size: int = 64, seed: int = 0, **build_flags,
 ) -> dict:
     """Fuse a train-time checkpoint (any naming) into a deploy checkpoint at ``dst``.
 
-    The model comes from ``model`` (a zoo name), else the file's metadata, else its shapes. Fusion
-    runs in float64 and rounds once. With ``verify``, both forms run on random input in float64
-    and float32; above :data:`TOLERANCE` nothing is written and the report has ``ok=False``.
-    A checkpoint already in deploy form is rewritten in our naming. Returns a report dict.
+    The model comes from ``model`` (a zoo name), else the file's metadata, else its shapes (said
+    with a warning); ``num_classes`` and ``build_flags`` (``small_input``, ``in_chans``,
+    ``output_stride``...) override what the file says. Fusion runs in float64 and rounds once.
+    With ``verify``, both forms run on random input in float64 and float32; above
+    :data:`TOLERANCE` nothing is written and the report has ``ok=False``. A checkpoint already in
+    deploy form is rewritten in our naming. Returns a report dict.
     """
     sd, meta = read_checkpoint(src)
     ours, naming = normalize_state_dict(sd, str(src))
-    args = dict(meta.get("build_args") or {}) if isinstance(meta.get("build_args"), dict) else {}
-    info = infer_arch(ours) or {}
-    source = "metadata"
-    if model is not None:
-        args["name"], source = canonical_name(model), "--model"
-    elif "name" not in args:
-        args, source = build_args_for(ours, {}, str(src)), "shapes"
-    args.setdefault("in_chans", info.get("in_chans", 3))
-    if num_classes is not None:
-        args["num_classes"] = num_classes
-    elif "num_classes" not in args:
-        args["num_classes"] = info.get("num_classes") or 1000
-    report = dict(src=str(src), dst=str(dst), naming=naming, model=args["name"], model_from=source, ok=True, errors={})
+    overrides = {"name": model, "num_classes": num_classes, **build_flags}
+    args = build_args_for(ours, meta, str(src), overrides)
+    has_meta = isinstance(meta.get("build_args"), dict)
+    source = "--model" if model is not None else "metadata" if has_meta else "shapes"
+    report = dict(src=str(src), dst=str(dst), naming=naming, model=args["name"], model_from=source, ok=True,
+                  errors={}, build_args=args)
     extra_meta = {"converted_from": Path(src).name, "source_naming": naming}
     if is_deploy_form(ours):
         deployed = load_state_dict(create_model(**args, deploy=True), ours, source=str(src))

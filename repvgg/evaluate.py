@@ -6,12 +6,13 @@ deploy form are compared on the arithmetic of the fusion alone.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .fileio import atomic_savefig
 
 
 @torch.no_grad()
@@ -100,42 +101,44 @@ def save_confusion_png(confusion: torch.Tensor, path: str | os.PathLike,
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        return atomic_savefig(fig, path, dpi=100)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return path
 
 
-def compare_predictions(train_out: dict, deploy_out: dict, labels: torch.Tensor,
-                        tie_tol: float = 1e-4, min_agreement: float = 99.9) -> dict:
-    """Check that a fused model predicts what its train-time form predicts.
+def compare_predictions(train_out: dict, deploy_out: dict, labels: torch.Tensor, tol: float = 1e-4) -> dict:
+    """Judge a fused model by what fusion is: the same function up to floating-point rounding.
 
-    Fusion changes only floating-point rounding (~1e-6 relative), so a prediction can flip
-    only where the train-time model's two best logits are within rounding of each other (a
-    tie). Raises AssertionError when any flip is not such a near-tie, when agreement is below
-    `min_agreement` %, or when top-1 differs by more than the near-tie flips can explain.
+    Fusion changes only rounding (~1e-6 of the logits' scale in float32), so the verdict is the
+    largest logit difference relative to the largest logit (``rel_logit_diff`` <= ``tol``). A
+    prediction can then flip only where the train-time model's two best logits are within rounding
+    of each other (a near-tie, gap <= ``tol`` of the scale); such flips are counted, not failed:
+    on a briefly trained model many logits sit close together, and one tie in a few hundred images
+    says nothing about the fusion. Returns the figures and ``ok`` / ``reason``; never raises.
     """
     a, b = train_out["logits"], deploy_out["logits"]
     pa, pb = a.argmax(1), b.argmax(1)
-    diff = (pa != pb).nonzero().flatten()
-    scale = a.abs().amax(1).clamp_min(1.0)
-    gap = (a.gather(1, pa[:, None]) - a.gather(1, pb[:, None])).squeeze(1) / scale
-    not_ties = [int(i) for i in diff if gap[i] > tie_tol]
-    agreement = 100.0 * float((pa == pb).sum()) / len(pa)
-    correct_a, correct_b = int((pa == labels).sum()), int((pb == labels).sum())
-    info = {"agreement": agreement, "flips": len(diff), "tie_flips": len(diff) - len(not_ties),
-            "max_logit_diff": float((a - b).abs().max()), "top1_train": 100.0 * correct_a / len(pa),
-            "top1_deploy": 100.0 * correct_b / len(pa)}
-    if not_ties:
-        raise AssertionError(f"fused model changed {len(not_ties)} predictions that were not ties "
-                             f"(first indices {not_ties[:5]}); max logit diff {info['max_logit_diff']:.3g}")
-    if agreement < min_agreement:
-        raise AssertionError(f"fused model agrees on only {agreement:.3f}% of predictions")
-    if abs(correct_a - correct_b) > len(diff):
-        raise AssertionError(f"top-1 differs: train {info['top1_train']:.2f}% vs deploy {info['top1_deploy']:.2f}%")
+    scale = a.abs().max().clamp_min(1e-12)
+    top2 = a.topk(min(2, a.shape[1]), 1).values
+    gap = (top2[:, 0] - top2[:, -1]) / scale
+    tie = gap <= tol
+    flips = pa != pb
+    away = ~tie
+    max_diff = float((a - b).abs().max())
+    info = {
+        "agreement": 100.0 * float((~flips).sum()) / len(pa),
+        "agreement_away_from_ties": 100.0 * float((~flips & away).sum()) / max(int(away.sum()), 1),
+        "flips": int(flips.sum()), "tie_flips": int((flips & tie).sum()), "near_ties": int(tie.sum()),
+        "max_logit_diff": max_diff, "rel_logit_diff": max_diff / float(scale),
+        "top1_train": 100.0 * float((pa == labels).sum()) / len(pa),
+        "top1_deploy": 100.0 * float((pb == labels).sum()) / len(pa),
+    }
+    bad_flips = info["flips"] - info["tie_flips"]
+    if info["rel_logit_diff"] > tol:
+        info["reason"] = (f"logits differ by {max_diff:.3g} ({info['rel_logit_diff']:.2e} of their scale, tolerance "
+                          f"{tol:g}): the fused model does not compute what the train-time model computes")
+    elif bad_flips:
+        info["reason"] = f"{bad_flips} prediction(s) changed that were not near-ties"
+    info["ok"] = "reason" not in info
     return info

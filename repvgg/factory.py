@@ -22,7 +22,7 @@ def create_model(
     name: str,
     num_classes: int = 1000,
     in_chans: int = 3,
-    deploy: bool = False,
+    deploy: bool | None = None,
     checkpoint: str | PathLike | None = None,
     *,
     pretrained: bool = False,
@@ -42,7 +42,9 @@ def create_model(
     pruned model has them; ``depths`` sets the blocks per stage (e.g. (1, 2, 4, 1): fewer of the
     A-series' 14 blocks at 4x4 px when 28 px images train on a CPU). ``checkpoint`` loads weights
     in any supported format and naming; a train-time checkpoint loaded into ``deploy=True`` is
-    fused on the way in. ``pretrained=True`` loads the official ImageNet weights (downloaded once,
+    fused on the way in; with ``deploy=None`` (the default) the model takes the checkpoint's form, and
+    a checkpoint that records other widths or depths (a pruned model) is built at those unless
+    ``width``/``channels``/``depths`` are given. ``pretrained=True`` loads the official ImageNet weights (downloaded once,
     see :mod:`repvgg.hub`); with another ``num_classes`` the head is left untrained.
     """
     canonical = canonical_name(name)
@@ -50,6 +52,13 @@ def create_model(
         raise ValueError("give either pretrained=True or checkpoint=..., not both")
     if pretrained and (width != 1 or channels is not None or depths is not None):
         raise ValueError("pretrained weights exist only for the zoo shapes; drop width/channels/depths")
+    state = None
+    if checkpoint is not None:
+        from .checkpoint import read_checkpoint, saved_shape
+
+        state, meta = read_checkpoint(checkpoint)
+        width, channels, depths, deploy = saved_shape(state, meta, canonical, width, channels, depths, deploy)
+    deploy = bool(deploy)
     arch = resize_arch(ARCHS[canonical], width, channels, depths)
     cls = ResidualReorg if kwargs.get("block") == "residual_reorg" else RepVGG  # a network, not a block
     model = cls(arch, num_classes=num_classes, in_chans=in_chans, deploy=deploy, **kwargs)
@@ -64,10 +73,10 @@ def create_model(
         from .hub import load_pretrained
 
         model = load_pretrained(model, canonical)
-    if checkpoint is not None:
-        from .checkpoint import load_checkpoint
+    if state is not None:
+        from .checkpoint import load_state_dict
 
-        model = load_checkpoint(model, checkpoint)
+        model = load_state_dict(model, state, source=str(checkpoint))
     if features_only:
         return RepVGGFeatures(model, out_indices)
     return model

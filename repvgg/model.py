@@ -32,6 +32,19 @@ def _check_input(x: torch.Tensor, in_chans: int) -> None:
             f"expected {in_chans} input channels (N, {in_chans}, H, W), got {x.shape[1]} "
             f"(shape {tuple(x.shape)}); build the model with in_chans={x.shape[1]} if that is intended"
         )
+    if not x.is_floating_point():
+        raise TypeError(
+            f"expected a floating-point image tensor, got {x.dtype}: convert and normalize it first, e.g. "
+            "x.float().div(255) then (x - mean) / std (torchvision.transforms.v2.ToDtype(torch.float32, scale=True))"
+        )
+
+
+def check_io_sizes(num_classes: int, in_chans: int) -> None:
+    """A classifier has >= 0 classes (0: no head, features only) and reads >= 1 input channel."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be an integer >= 0 (0 = no classifier), got {num_classes!r}")
+    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
+        raise ValueError(f"in_chans must be an integer >= 1, got {in_chans!r}")
 
 
 def stage_schedule(num_stages: int, small_input: bool, output_stride: int) -> list[tuple[int, int, int, int]]:
@@ -78,6 +91,7 @@ class RepVGG(nn.Module):
         drop_rate: float = 0.0,
     ):
         super().__init__()
+        check_io_sizes(num_classes, in_chans)
         schedule = stage_schedule(len(arch.depths), small_input, output_stride)
         self.arch, self.num_classes, self.in_chans = arch, num_classes, in_chans
         self.block_kwargs = dict(se=arch.se, block=block, deploy=deploy)
@@ -140,8 +154,25 @@ class RepVGG(nn.Module):
         return self.head.fc
 
     def reset_classifier(self, num_classes: int) -> None:
+        check_io_sizes(num_classes, self.in_chans)
         self.num_classes = num_classes
         self.head = ClassifierHead(self.num_features, num_classes, self.head.drop.p)
+
+    @property
+    def build_args(self) -> dict:
+        """The ``create_model`` kwargs that rebuild this model as it is now (saved with checkpoints).
+
+        Set by ``create_model`` (and by pruning, for the new widths); the class count is read from
+        the live model, so ``reset_classifier`` is reflected without anyone remembering to.
+        """
+        args = dict(self.__dict__.get("_build_args", {}))
+        if args:
+            args["num_classes"] = self.num_classes
+        return args
+
+    @build_args.setter
+    def build_args(self, args: dict) -> None:
+        self.__dict__["_build_args"] = dict(args)
 
 
 class ClassifierHead(nn.Module):

@@ -19,7 +19,7 @@ import torch.nn as nn
 from . import fusion
 from .archs import RepVGGArch
 from .blocks import ConvBN, SqueezeExcite
-from .model import ClassifierHead, FeatureInfo, RepVGG, stage_schedule
+from .model import ClassifierHead, FeatureInfo, RepVGG, check_io_sizes, stage_schedule
 
 DESCRIPTION = (
     "Table 7: Residual Reorg, a real ResNet-18/34-style net (depth d -> d//2 two-layer residual "
@@ -60,6 +60,10 @@ class ConvNormAct(nn.Module):
     def forward(self, x):
         y = self.fused(x) if self.deploy else self.branch(x)
         return self.act(self.se(y))
+
+    def train_twin(self) -> "ConvNormAct":
+        """A fresh train-time layer whose fusion has this layer's shape (fuse-on-load fills it)."""
+        return ConvNormAct(*self.args, act=isinstance(self.act, nn.ReLU), se=isinstance(self.se, SqueezeExcite))
 
     @torch.no_grad()
     def fuse(self) -> "ConvNormAct":
@@ -103,6 +107,7 @@ class ResidualReorg(RepVGG):
         nn.Module.__init__(self)  # RepVGG.__init__ would build RepVGG blocks; the layout is rebuilt here
         if block != "residual_reorg":
             raise ValueError(f"ResidualReorg builds block='residual_reorg' only, got {block!r}")
+        check_io_sizes(num_classes, in_chans)
         schedule = stage_schedule(len(arch.depths), small_input, output_stride)
         self.arch, self.num_classes, self.in_chans = arch, num_classes, in_chans
         kw = dict(se=arch.se, deploy=deploy)

@@ -80,7 +80,7 @@ def test_convert_fails_above_tolerance_and_writes_nothing(train_ckpt, tmp_path, 
     dst = tmp_path / "out.safetensors"
     dst.write_bytes(b"older file")
     monkeypatch.setitem(convert.TOLERANCE, torch.float32, -1.0)  # no error can pass
-    assert main(["convert", str(src), str(dst), "--verify", "--verify-size", "16"]) == 1
+    assert main(["convert", str(src), str(dst), "--verify", "--verify-size", "16", "--force"]) == 1
     captured = capsys.readouterr()
     assert "FAIL" in captured.out and "not written" in captured.err
     assert dst.read_bytes() == b"older file"  # never clobbered, and no temp file left beside it

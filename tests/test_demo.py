@@ -28,9 +28,10 @@ def test_demo_plan_fits_the_budget():
     from repvgg.train.demo import MAX_EPOCHS, plan
 
     for per_image in (1 / 3000, 1 / 300, 1 / 60, 1 / 20):
-        epochs, n = plan(per_image, 6000, 2000, budget=150)
-        cost = per_image * (epochs * (n + 2000 / 3) + 2 * 2000 / 3)
-        assert 1 <= epochs <= MAX_EPOCHS and 1024 <= n <= 6000
+        epochs, n = plan(per_image, 5400, 2000, 600, budget=150)
+        cost = per_image * (epochs * (n + 600 / 3) + 3 * 2000 / 3)
+        assert 1 <= epochs <= MAX_EPOCHS and 1024 <= n <= 5400
         assert cost <= 150 or n == 1024                 # over budget only at the floor of 1024 images
-    assert plan(1 / 300, 6000, 2000, budget=150) == (6, 6000)  # ~22 s per epoch with its evaluation
-    assert plan(1 / 20, 6000, 2000, budget=150)[0] == 1
+    # 18 s of training + 0.7 s validation per epoch; 6.7 s of test evaluation at the end: 7 epochs
+    assert plan(1 / 300, 5400, 2000, 600, budget=150) == (7, 5400)
+    assert plan(1 / 20, 5400, 2000, 600, budget=150)[0] == 1

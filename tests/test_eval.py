@@ -52,7 +52,7 @@ def test_label_count_mismatch_is_a_clear_error(run, tmp_path, capsys):
     rc = main(["eval", "--checkpoint", str(out / "best.safetensors"), "--data", f"imagefolder:{tmp_path / 'imgs'}"])
     assert rc == 2 and "label-count mismatch" in capsys.readouterr().err
     rc = main(["eval", "--checkpoint", str(tmp_path / "missing.safetensors"), "--data", "fashion-mnist"])
-    assert rc == 2 and "does not exist" in capsys.readouterr().err
+    assert rc == 2 and "not found" in capsys.readouterr().err
 
 
 def test_run_outputs(run):
@@ -62,7 +62,7 @@ def test_run_outputs(run):
         assert (out / f).is_file(), f
     assert "val_top1" in (out / "metrics.csv").read_text().splitlines()[0]
     log = (out / "train.log").read_text()
-    assert "train-time top-1" in log and "fused deploy top-1" in log
+    assert "test top-1: train-time" in log and "fused deploy" in log and "final epoch's weights" in log
 
 
 def test_finish_run_refuses_a_deploy_model_that_changed(run, monkeypatch):
@@ -82,8 +82,10 @@ def test_finish_run_refuses_a_deploy_model_that_changed(run, monkeypatch):
 
     monkeypatch.setattr(run_folder, "reparameterize", broken)
     _, test_ds, info = build_datasets("fashion-mnist", data, 16)
-    with pytest.raises(AssertionError, match="changed .* predictions that were not ties"):
-        finish_run(out, test_ds, info, log=lambda m: None)
+    good = (out / "deploy.safetensors").read_bytes()
+    summary = finish_run(out, test_ds, info, log=lambda m: None)
+    assert summary["fusion_ok"] is False and "does not compute" in summary["fusion_problem"]
+    assert (out / "deploy.safetensors").read_bytes() == good          # the wrong fusion is not written
 
 
 def test_compare_predictions_allows_only_ties():
@@ -92,11 +94,11 @@ def test_compare_predictions_allows_only_ties():
     labels = labels[:4].clamp(max=2)
     b = a.clone()
     b[2] = torch.tensor([1, 2.000001, 2.0])                      # a tie flipped by rounding
-    info = compare_predictions({"logits": a}, {"logits": b}, labels, min_agreement=50)
-    assert info["flips"] == 1 and info["tie_flips"] == 1
+    info = compare_predictions({"logits": a}, {"logits": b}, labels)
+    assert info["ok"] and info["flips"] == 1 and info["tie_flips"] == 1 and info["agreement"] == 75.0
     b[0] = torch.tensor([0.0, 5, 1])                              # a real change
-    with pytest.raises(AssertionError, match="not ties"):
-        compare_predictions({"logits": a}, {"logits": b}, labels, min_agreement=50)
+    info = compare_predictions({"logits": a}, {"logits": b}, labels)
+    assert not info["ok"] and "does not compute" in info["reason"]
 
 
 def test_evaluate_counts_top5_and_confusion():

@@ -61,8 +61,8 @@ def test_files_with_only_per_layer_widths_still_load(tmp_path):
     """Pruned files written before build_args recorded ``channels`` carry per-layer pruned_widths."""
     model = repvgg.create_model("repvgg_a0", num_classes=10, in_chans=1, small_input=True, deploy=True).eval()
     result = prune_model(model, 0.3, log=quiet)
-    result.model.build_args = dict(model.build_args)  # the old metadata: no channels
-    path = save_pruned(result, tmp_path / "old.safetensors")
+    old_meta = {"build_args": dict(model.build_args), "pruned_widths": result.widths}   # no channels
+    path = repvgg.save_checkpoint(result.model.state_dict(), tmp_path / "old.safetensors", metadata=old_meta)
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(load_pruned(path)(x), result.model(x))

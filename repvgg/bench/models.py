@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..archs import ARCHS, canonical_name
+from ..optional import require
 from .baselines import BASELINES, create_baseline
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -82,8 +83,8 @@ def build_reference(spec: ModelSpec, num_classes: int = 1000, seed: int = 0) -> 
     if spec.kind == "baseline":
         return create_baseline(spec.name, num_classes=num_classes)
     if spec.kind == "timm":
-        import timm  # optional bench extra
-        from timm.models import reparameterize_model
+        timm = require("timm")
+        reparameterize_model = require("timm.models").reparameterize_model
 
         model = timm.create_model(spec.name[5:], num_classes=num_classes).eval()
         return reparameterize_model(model) if spec.form == "deploy" else model

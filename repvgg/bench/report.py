@@ -12,10 +12,11 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
+
+from ..fileio import atomic_savefig, atomic_write_text
 
 COLUMNS = [
     ("label", "model"), ("images_per_s", "images/s (median)"), ("spread", "min-max"),
@@ -81,20 +82,8 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write_text(path, text)
 
 
 def write_results(stem: str | Path, result: dict, title: str = "RepVGG benchmark") -> list[Path]:
@@ -148,6 +137,6 @@ def scatter_png(path: Path, rows: list[dict], env: dict, title: str) -> bool:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    atomic_savefig(fig, path, format="png", dpi=120)
     plt.close(fig)
     return True

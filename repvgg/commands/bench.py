@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--ceiling", action="store_true",
                    help="also time each deploy model's convs alone, layer by layer, and report the fraction")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: one per idle core)")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory column")
     p.add_argument("--out", type=Path, default=None,
                    help="results stem (default benchmarks/results/bench_<device>_<UTC time>); '' writes nothing")
@@ -42,10 +42,10 @@ def run(args) -> int:
     from ..bench.timing import DEFAULT_ITERS, DEFAULT_WARMUP
 
     kind = "cuda" if args.device.startswith("cuda") else "cpu"
-    if args.threads:
-        import torch
+    if kind == "cpu":
+        from ..threads import set_threads
 
-        torch.set_num_threads(args.threads)
+        print(f"threads: {set_threads(args.threads)}")
     protocol = Protocol(
         DEFAULT_WARMUP[kind] if args.warmup is None else args.warmup,
         DEFAULT_ITERS[kind] if args.iters is None else args.iters,
@@ -53,6 +53,10 @@ def run(args) -> int:
     )
     treatment = "compile" if args.compile else "optimized" if args.optimize else "eager"
     names = [m.strip() for m in args.models.split(",") if m.strip()]
+    if any(n.startswith("timm:") for n in names):
+        from ..optional import require
+
+        require("timm")       # before anything is built or timed
     specs = make_specs(names, args.form, args.dtype, args.channels_last, treatment)
     result = run_bench(specs, args.batch_size, args.image_size, args.device, protocol,
                        ceiling=args.ceiling, memory=args.memory)

@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
 from ..archs import ARCHS, canonical_name
+from ..checkpoint import CHECKPOINT_SUFFIXES, format_from_suffix
+from ..fileio import check_output_path
 from ..convert import TOLERANCE, convert_checkpoint
 from ..complexity import count_macs, count_params
 from ..factory import create_model, list_models
 from ..hub import PRETRAINED_FILES
+from . import add_force_flag, add_model_flags, model_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,9 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         ".safetensors) into the deploy form: one 3x3 conv per block.",
     )
     p.add_argument("src", metavar="IN")
-    p.add_argument("dst", metavar="OUT")
-    p.add_argument("--model", help="zoo model name (default: from the file's metadata, else from its shapes)")
-    p.add_argument("--num-classes", type=int, help="default: from the checkpoint's head")
+    p.add_argument("dst", metavar="OUT", help=".safetensors or .pth (for ONNX/TorchScript use `repvgg export`)")
+    add_model_flags(p)
+    add_force_flag(p)
     p.add_argument("--verify", action="store_true",
                    help="compare both forms on random input (float64 and float32); write nothing above tolerance")
     p.add_argument("--verify-size", type=int, default=64, help="image size of the random verification input")
@@ -43,9 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_list(args) -> int:
-    pattern = args.pattern
+    pattern = args.pattern and canonical_name_fragment(args.pattern)   # paper spellings: "RepVGG-B1*"
     if pattern and not any(c in pattern for c in "*?["):
-        pattern = f"*{canonical_name_fragment(pattern)}*"
+        pattern = f"*{pattern}*"
     names = list_models(pattern)
     if not names:
         print(f"no model matches {args.pattern!r}; models: {', '.join(list_models())}", file=sys.stderr)
@@ -65,6 +69,10 @@ def canonical_name_fragment(text: str) -> str:
 
 def cmd_info(args) -> int:
     name = canonical_name(args.name)
+    for flag, value, low in (("--image-size", args.image_size, 1), ("--num-classes", args.num_classes, 0),
+                             ("--in-chans", args.in_chans, 1)):
+        if value < low:
+            raise ValueError(f"{flag} must be >= {low}, got {value}")
     shape = (1, args.in_chans, args.image_size, args.image_size)
     print(f"{name}: {args.num_classes} classes, input {tuple(shape[1:])}")
     print(f"{'form':<7} {'params (M)':>11} {'MACs (G)':>10}")
@@ -79,9 +87,15 @@ def cmd_info(args) -> int:
 
 
 def cmd_convert(args) -> int:
+    fmt = args.format or format_from_suffix(Path(args.dst))
+    if fmt is None:
+        raise ValueError(f"{args.dst}: convert writes a checkpoint, .safetensors or .pth; for ONNX or TorchScript "
+                         "use `repvgg export`")
+    check_output_path(args.dst, [args.src], force=args.force, suffixes=CHECKPOINT_SUFFIXES[fmt], what="OUT")
+    overrides = model_overrides(args)
     report = convert_checkpoint(
-        args.src, args.dst, model=args.model, num_classes=args.num_classes, verify=args.verify,
-        fmt=args.format, image_size=args.verify_size,
+        args.src, args.dst, model=overrides.pop("name", None), verify=args.verify, fmt=fmt,
+        image_size=args.verify_size, **overrides,
     )
     print(f"{args.src}: {report['model']} (from {report['model_from']}), {report['naming']} naming")
     if report.get("already_deployed"):

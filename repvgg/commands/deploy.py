@@ -3,13 +3,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..checkpoint import CHECKPOINT_SUFFIXES
+from ..fileio import check_output_path
+from . import add_force_flag, add_model_flags, model_overrides
+
 
 def _common(p, out_help: str) -> None:
     p.add_argument("--checkpoint", required=True,
                    help="a .safetensors/.pth checkpoint (train-time files are fused first)")
-    p.add_argument("--model", help="model name (default: from the checkpoint's metadata)")
-    p.add_argument("--num-classes", type=int, help="default: from the checkpoint")
     p.add_argument("--out", help=out_help)
+    add_model_flags(p)
+    add_force_flag(p)
+
+
+def _load(args):
+    from ..deploy.common import load_model
+
+    return load_model(args.checkpoint, **model_overrides(args))
+
+
+def _output(args, suffixes: tuple[str, ...]) -> Path:
+    """--out (default: the checkpoint's name with the first suffix), checked before any work is done."""
+    out = Path(args.out) if args.out else _default_out(args.checkpoint, suffixes[0])
+    return check_output_path(out, [args.checkpoint], force=args.force, suffixes=suffixes, what="--out")
 
 
 def register(sub) -> None:
@@ -84,15 +100,16 @@ def _default_out(ckpt: str, suffix: str) -> Path:
 
 
 def run_export(args) -> int:
-    from ..deploy.common import load_model
     from ..deploy.export import check_format, check_opset, export_model
+    from ..optional import require
 
     check_format(args.format)  # before loading anything: bad flags fail fast
     if args.format == "onnx":
         check_opset(args.opset)
-    suffix = {"onnx": ".onnx", "torchscript": ".ts.pt", "pt2": ".pt2"}[args.format]
-    out = Path(args.out) if args.out else _default_out(args.checkpoint, suffix)
-    model = load_model(args.checkpoint, args.model, args.num_classes)
+        require("onnx"), require("onnxscript"), require("onnxruntime")
+    suffixes = {"onnx": (".onnx",), "torchscript": (".ts.pt", ".pt"), "pt2": (".pt2",)}[args.format]
+    out = _output(args, suffixes)
+    model = _load(args)
     report = export_model(model, out, args.format, opset=args.opset, dynamic_batch=args.dynamic_batch,
                           image_size=args.image_size, tol=args.tolerance)
     print(report.summary())
@@ -136,8 +153,8 @@ def _datasets(args, model):
 
 
 def run_quantize(args) -> int:
-    from ..deploy.common import load_model
     from ..deploy.quantize import CALIBRATION, METHODS, calibration_batches, compare, quantize_model
+    from ..optional import require
 
     if args.method not in METHODS:
         raise ValueError(f"unknown --method {args.method!r}; supported: {', '.join(METHODS)}")
@@ -148,14 +165,18 @@ def run_quantize(args) -> int:
         for flag, value in (("--calibrate", args.calibrate), ("--fp32-out", args.fp32_out)):
             if value is not None:
                 raise ValueError(f"{flag} applies to --method ort only")
+    else:
+        require("onnx"), require("onnxscript"), require("onnxruntime")
     calibrate = args.calibrate or "minmax"
     if calibrate not in CALIBRATION:
         raise ValueError(f"unknown --calibrate {calibrate!r}; supported: {', '.join(CALIBRATION)}")
     if args.calib_batches < 1:
         raise ValueError(f"--calib-batches must be >= 1, got {args.calib_batches}")
-    suffix = ".int8.onnx" if args.method == "ort" else ".int8.safetensors"
-    out = Path(args.out) if args.out else _default_out(args.checkpoint, suffix)
-    model = load_model(args.checkpoint, args.model, args.num_classes)
+    out = _output(args, (".int8.onnx", ".onnx") if args.method == "ort" else (".int8.safetensors", ".safetensors"))
+    if args.fp32_out:
+        check_output_path(args.fp32_out, [args.checkpoint, out], force=args.force, suffixes=(".onnx",),
+                          what="--fp32-out")
+    model = _load(args)
     train_ds, test_ds, info = _datasets(args, model)
     calib = calibration_batches(train_ds, args.batch_size, args.calib_batches)
     test_loader = _test_loader(test_ds, args.batch_size, args.eval_images)
@@ -181,7 +202,7 @@ def run_prune(args) -> int:
     import torch
 
     from ..complexity import count_macs, count_params
-    from ..deploy.common import default_image_size, load_model, time_interleaved, top1
+    from ..deploy.common import default_image_size, time_interleaved, top1
     from ..deploy.finetune import finetune
     from ..deploy.prune import check_prune_args, prune_model, save_pruned
     from ..deploy.quantize import calibration_images
@@ -195,7 +216,8 @@ def run_prune(args) -> int:
                          f"teacher), got {args.feature_weight}")
     if not args.out:
         raise ValueError("--out is required: where to write the pruned checkpoint")
-    model = load_model(args.checkpoint, args.model, args.num_classes)
+    _output(args, CHECKPOINT_SUFFIXES["safetensors"] + CHECKPOINT_SUFFIXES["pth"])
+    model = _load(args)
     data = _datasets(args, model) if args.data else None
     result = prune_model(model, args.ratio, multiple_of=args.multiple_of)
     pruned = result.model

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import add_model_flags, model_overrides
+
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a RepVGG (recipes normal/heavy/small; torchrun for DDP)",
@@ -41,6 +43,10 @@ def register(sub) -> None:
     for key, text in bool_flags.items():
         p.add_argument("--" + key.replace("_", "-"), dest=key, action=argparse.BooleanOptionalAction,
                        default=None, help=text)
+    p.add_argument("--val-split", type=float, help="fraction of the training set held out to pick the best epoch "
+                   "(default 0.1; 0: none, the final epoch is kept)")
+    p.add_argument("--test-every-epoch", action="store_true", default=None,
+                   help="also report test top-1 each epoch (curves); never used to pick a checkpoint")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from last.*")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --output")
     p.add_argument("--stop-at-step", type=int, help="stop as on SIGINT after this global step (time-boxed "
@@ -57,7 +63,9 @@ def register(sub) -> None:
     e.add_argument("--image-size", type=int, help="default: the size the checkpoint was trained at")
     e.add_argument("--batch-size", type=int, default=512)
     e.add_argument("--device", default="cpu")
+    e.add_argument("--threads", type=int, help="torch CPU threads (default: one per idle core)")
     e.add_argument("--output", help="where to write confusion.png (default: beside the checkpoint)")
+    add_model_flags(e)
     e.set_defaults(func=run_eval)
 
     d = sub.add_parser("demo", help="train, fuse and compare a small RepVGG on built-in data (~3 min, CPU)",
@@ -84,7 +92,7 @@ def _depths(text: str) -> list[int] | str:
 _OVERRIDE_KEYS = ("model", "data", "data_dir", "block", "width", "depths", "epochs", "batch_size", "lr", "weight_decay",
                   "warmup_epochs", "label_smoothing", "mixup", "aug", "image_size", "seed", "device",
                   "workers", "threads", "amp", "grad_clip", "small_input", "ema", "channels_last", "sync_bn",
-                  "grad_checkpointing")
+                  "grad_checkpointing", "val_split", "test_every_epoch")
 
 
 def run_train(args) -> int:
@@ -93,11 +101,15 @@ def run_train(args) -> int:
     overrides = {k: getattr(args, k) for k in _OVERRIDE_KEYS}
     cfg = prepare_run(args.output, args.recipe, overrides, resume=args.resume, overwrite=args.overwrite)
     try:
-        train(cfg, args.output, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
-              stop_at_step=args.stop_at_step)
+        result = train(cfg, args.output, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
+                       stop_at_step=args.stop_at_step)
     except TrainingInterrupted as e:
         print(f"repvgg train: {e}", file=sys.stderr)
         return e.exit_code
+    if not result.get("fusion_ok", True):
+        print(f"repvgg train: the fusion check failed ({result['fusion_problem']}); see {args.output}/summary.json",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -106,7 +118,7 @@ def run_eval(args) -> int:
 
     evaluate_checkpoint(args.checkpoint, args.data, data_dir=args.data_dir, deploy=args.deploy,
                         image_size=args.image_size, batch_size=args.batch_size, device=args.device,
-                        output=args.output)
+                        output=args.output, threads=args.threads, **model_overrides(args))
     return 0
 
 

@@ -115,3 +115,41 @@ def build_loader(dataset, batch_size: int, *, train: bool, seed: int = 0, rank: 
         return make_folder_loader(dataset, batch_size, train=train, seed=seed, rank=rank,
                                   world_size=world_size, num_workers=num_workers, drop_last=drop_last)
     raise TypeError(f"build_loader: unsupported dataset type {type(dataset).__name__}")
+
+
+def split_validation(train_ds, test_ds, fraction: float, seed: int):
+    """``(train, val)``: a seeded, class-stratified ``fraction`` of the training set held out.
+
+    Checkpoints and settings are chosen on ``val``, never on the test set. The held-out images are
+    shown the way test images are (``test_ds``'s transforms: no augmentation). In-memory data and
+    ImageFolder data both keep their own dataset type, so ``build_loader`` takes either part.
+    """
+    import copy
+
+    if not 0 < fraction < 1:
+        raise ValueError(f"val_split must be a fraction in (0, 1) of the training set (0 = none), got {fraction}")
+    targets = torch.as_tensor(train_ds.targets)
+    gen = torch.Generator().manual_seed(seed)
+    val_idx = []
+    for c in targets.unique():
+        members = (targets == c).nonzero().flatten()
+        n_val = int(round(fraction * len(members)))
+        val_idx.append(members[torch.randperm(len(members), generator=gen)[:n_val]])
+    held = torch.zeros(len(targets), dtype=torch.bool)
+    held[torch.cat(val_idx)] = True
+    if held.all() or not held.any():
+        raise ValueError(f"val_split={fraction} of {len(targets)} training images leaves no "
+                         f"{'training' if held.all() else 'validation'} images")
+    keep_idx, val_idx = (~held).nonzero().flatten(), held.nonzero().flatten()
+    train, val = copy.copy(train_ds), copy.copy(test_ds)
+    if isinstance(train_ds, InMemoryDataset):
+        train.images, train.targets = train_ds.images[keep_idx], train_ds.targets[keep_idx]
+        val.images, val.targets = train_ds.images[val_idx], train_ds.targets[val_idx]
+        return train, val
+    if isinstance(train_ds, SafeImageFolder):
+        for part, idx in ((train, keep_idx), (val, val_idx)):
+            part.samples = [train_ds.samples[i] for i in idx.tolist()]
+            part.imgs, part.targets = part.samples, [s[1] for s in part.samples]
+            part.root = train_ds.root
+        return train, val
+    raise TypeError(f"split_validation: unsupported dataset type {type(train_ds).__name__}")

@@ -2,12 +2,10 @@
 images, top-1 and CPU timing."""
 from __future__ import annotations
 
-import contextlib
 import os
 import statistics
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -17,32 +15,26 @@ import torch.nn.functional as F
 from ..reparam import reparameterize
 
 
-def load_model(checkpoint: str | os.PathLike, name: str | None = None, num_classes: int | None = None,
-               log: Callable[[str], None] = print) -> nn.Module:
+def load_model(checkpoint: str | os.PathLike, log: Callable[[str], None] = print, **overrides) -> nn.Module:
     """The model a checkpoint holds, fused and in eval mode (a train-time file is fused, with a note).
 
-    ``name``/``num_classes`` override the metadata (needed for files without it); a pruned file
-    (``pruned_widths`` in its metadata) is rebuilt with its smaller widths.
+    ``overrides`` (``name``, ``num_classes``, ``small_input``...) go to ``create_model`` (files
+    without metadata need them); a pruned file is rebuilt at its smaller widths.
     """
     from .. import checkpoint as ckpt
 
     path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
     meta = ckpt.read_metadata(path) or {}
-    if meta.get("pruned_widths"):
+    build_args = meta.get("build_args") if isinstance(meta.get("build_args"), dict) else {}
+    if meta.get("pruned_widths") and "channels" not in build_args:   # written before widths were build args
         from .prune import load_pruned
 
         model = load_pruned(path)
         model.checkpoint_meta = meta
+        name = overrides.get("name")
         if name is not None and model.build_args.get("name") != _canonical(name):
             raise ValueError(f"checkpoint {path} holds a pruned {model.build_args.get('name')}, not {name}")
         return model.eval()
-    overrides = {}
-    if name is not None:
-        overrides["name"] = name
-    if num_classes is not None:
-        overrides["num_classes"] = num_classes
     model = ckpt.model_from_checkpoint(path, **overrides)
     if not getattr(model, "is_deployed", True):
         n = sum(1 for m in model.modules() if getattr(m, "deploy", None) is False)
@@ -67,28 +59,6 @@ def default_image_size(model: nn.Module) -> tuple[int, int]:
         size = int(size) if size.isdigit() else None
     size = size or (28 if args.get("small_input") else 224)
     return (size, size) if isinstance(size, int) else tuple(size)
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; it replaces ``path`` only if the block succeeds.
-
-    On any error the temp file is removed, so a failed command never leaves a half-written
-    or unverified file where the user asked for output.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"--out {path} is a directory; give a file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # same suffix as the target: some writers (torch.export) insist on their extension
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def real_images(n: int, in_chans: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:

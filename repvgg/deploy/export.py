@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .common import atomic_output, default_image_size, real_images
+from ..fileio import atomic_output
+from ..optional import require
+from .common import default_image_size, real_images
 
 FORMATS = ("onnx", "torchscript", "pt2")
 ONNX_OPSETS = tuple(range(13, 24))  # 13-17: legacy exporter; 18-23: torch.export-based exporter
@@ -108,8 +110,8 @@ def _dim_batch():
 
 
 def _export_onnx(model, tmp: Path, example, *, opset, dynamic_batch):
-    import onnx
-    import onnxruntime as ort
+    onnx, ort = require("onnx"), require("onnxruntime")
+    onnxscript_optimizer = require("onnxscript.optimizer")   # both exporters need onnxscript
 
     report = ExportReport(tmp, "onnx")
     quiet = io.StringIO()
@@ -122,13 +124,11 @@ def _export_onnx(model, tmp: Path, example, *, opset, dynamic_batch):
                                         dynamic_shapes=dyn, verbose=False)
             proto = program.model_proto
         else:
-            import onnxscript.optimizer
-
             buf = io.BytesIO()
             axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
             torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=opset,
                               input_names=["input"], output_names=["logits"], dynamic_axes=axes)
-            proto = onnxscript.optimizer.optimize(onnx.load_from_string(buf.getvalue()))
+            proto = onnxscript_optimizer.optimize(onnx.load_from_string(buf.getvalue()))
             report.notes.append(f"opset {opset} < 18 uses torch's legacy (TorchScript-based) ONNX exporter")
     got = [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")]
     if got != [opset]:

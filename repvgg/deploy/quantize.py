@@ -21,7 +21,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .common import atomic_output, time_interleaved, top1
+from ..fileio import atomic_output
+from ..optional import require
+from .common import time_interleaved, top1
 from .export import export_model
 
 METHODS = ("ort", "torch")
@@ -93,7 +95,7 @@ class _Reader:
 
 
 def ort_session(model_bytes_or_path, threads: int | None = None):
-    import onnxruntime as ort
+    ort = require("onnxruntime")
 
     opts = ort.SessionOptions()
     # no busy-waiting between ops: on a shared CPU a spinning pool steals time from whatever runs next
@@ -121,6 +123,7 @@ def quantize_model(model: nn.Module, out: str | os.PathLike, calib: list[torch.T
         from .quantize_pt2e import quantize_pt2e
 
         return QuantReport(Path(out), calib_images=quantize_pt2e(model, out, calib), method="torch")
+    require("onnxruntime.quantization")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 

@@ -19,20 +19,16 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from ..optional import require
+
 FORMAT = "pt2e-x86-inductor"
 OBSERVERS = "pt2e_observers."  # key prefix of the calibrated statistics in the file
 
 
 def require_torchao():
     """The torchao PT2E modules, or a clear error saying how to get them."""
-    try:
-        from torchao.quantization.pt2e import quantize_pt2e
-        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer
-    except ImportError:
-        raise ValueError("--method torch needs PyTorch's PT2E flow, which in this torch version lives in the "
-                         "'torchao' package (not installed: pip install 'repvgg[int8]' or pip install torchao); "
-                         "use --method ort") from None
-    return quantize_pt2e, x86_inductor_quantizer
+    quantize_pt2e = require("torchao.quantization.pt2e.quantize_pt2e")
+    return quantize_pt2e, require("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer")
 
 
 def _prepared(model: nn.Module, example: torch.Tensor) -> nn.Module:
@@ -50,7 +46,7 @@ def quantize_pt2e(model: nn.Module, out: str | os.PathLike, calib: list[torch.Te
     """Calibrate a fused ``model`` on ``calib`` batches and write the INT8 file atomically (it must
     load back into an INT8 program before it replaces anything). Returns the calibration image count."""
     from ..checkpoint import save_checkpoint
-    from .common import atomic_output
+    from ..fileio import atomic_output
 
     if "name" not in getattr(model, "build_args", {}):
         raise ValueError("the INT8 file rebuilds the model from its build_args: make it with repvgg.create_model "
@@ -113,7 +109,7 @@ def lower_int8(int8: nn.Module, example: torch.Tensor) -> nn.Module:
 
     torchao's own x86 lowering: ``torch.compile`` of a converted PT2E program stopped working with
     torch 2.14 + torchao 0.18 (inductor has no fake kernel for ``onednn.qconv_prepack``)."""
-    from torchao.quantization.pt2e.lowering import lower_pt2e_quantized_to_x86
+    lower_pt2e_quantized_to_x86 = require("torchao.quantization.pt2e.lowering").lower_pt2e_quantized_to_x86
 
     with torch.no_grad():
         return lower_pt2e_quantized_to_x86(int8, (example,))

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import yaml
 
 from ..archs import check_depths
+from ..fileio import atomic_write_text
 
 MODEL_DEPTHS = "model"  # `depths: model` / `--depths model`: the zoo model's own blocks per stage
 
@@ -106,6 +106,11 @@ def check_config(cfg: dict) -> dict:
     if isinstance(erase, bool) or not isinstance(erase, (int, float)) or not 0 <= erase <= 1:
         raise ValueError(f"random_erasing must be a probability in [0, 1], got {erase!r}")
     positive("width")
+    cfg.setdefault("val_split", 0.0)     # runs saved before the split existed resume as they were
+    cfg.setdefault("test_every_epoch", False)
+    split = cfg["val_split"]
+    if isinstance(split, bool) or not isinstance(split, (int, float)) or not 0 <= split < 1:
+        raise ValueError(f"val_split must be a fraction in [0, 1) of the training set, got {split!r}")
     cfg.setdefault("depths", None)  # null: the zoo model's blocks per stage
     if cfg["depths"] == MODEL_DEPTHS:  # an override back to the model's own (None means "not given")
         cfg["depths"] = None
@@ -146,13 +151,3 @@ def read_config(path: str | os.PathLike) -> dict:
         return yaml.safe_load(f)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -7,7 +7,6 @@ bigger machine.
 """
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from pathlib import Path
@@ -16,15 +15,6 @@ import torch
 
 BUDGET_S = 120.0          # training + evaluation time the demo aims for (leaves room for a busy machine)
 MAX_EPOCHS = 16
-
-
-def _threads() -> int | None:
-    """One thread when the CPU is already busy (OpenMP threads fighting other jobs are ~10x slower)."""
-    try:
-        busy = os.getloadavg()[0] > 0.75 * (os.cpu_count() or 1)
-    except OSError:
-        busy = False
-    return 1 if busy else None
 
 
 def _seconds_per_image(cfg: dict) -> tuple[float, str | bool]:
@@ -48,19 +38,20 @@ def _seconds_per_image(cfg: dict) -> tuple[float, str | bool]:
     return seconds / shape[0], (False if cfg["amp"] == "auto" else cfg["amp"])   # auto here: no bf16
 
 
-def plan(per_image: float, n_train: int, n_test: int, budget: float = BUDGET_S) -> tuple[int, int]:
+def plan(per_image: float, n_train: int, n_test: int, n_val: int = 0, budget: float = BUDGET_S) -> tuple[int, int]:
     """(epochs, train images) that fit `budget` seconds of training plus evaluation.
 
-    An eval pass costs about a third of a training pass per image; a run evaluates once per
-    epoch and twice at the end (train-time and fused model). On a slow or busy machine where
-    even one epoch does not fit, the demo trains on fewer images rather than overrun.
+    An eval pass costs about a third of a training pass per image; a run evaluates the
+    validation split once per epoch and the test set three times at the end (the picked weights
+    in both forms, the final epoch's). On a slow or busy machine where even one epoch does not
+    fit, the demo trains on fewer images rather than overrun.
     """
-    eval_pass = per_image * n_test / 3
-    epoch = per_image * n_train + eval_pass
-    epochs = int((budget - 2 * eval_pass) // epoch)
+    test_pass, val_pass = per_image * n_test / 3, per_image * n_val / 3
+    epoch = per_image * n_train + val_pass
+    epochs = int((budget - 3 * test_pass) // epoch)
     if epochs >= 1:
         return min(MAX_EPOCHS, epochs), n_train
-    n = int(max(0.0, budget - 3 * eval_pass) / per_image) // 128 * 128
+    n = int(max(0.0, budget - 3 * test_pass - val_pass) / per_image) // 128 * 128
     return 1, min(n_train, max(1024, n))
 
 
@@ -85,13 +76,14 @@ def demo(output=None, epochs: int | None = None, *, data: str = "fashion-mnist-b
     from ..data import build_datasets
     from .config import resolve_config
     from .loop import train
+    from ..threads import choose_threads
     from .run_folder import prepare_run
 
     t_start = time.perf_counter()
     out = Path(output or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    threads = _threads()
-    if threads:
-        torch.set_num_threads(threads)
+    threads, why = choose_threads()      # once, before the probe: the trainer keeps this count
+    torch.set_num_threads(threads)
+    print(f"CPU threads: {why}")
     extra = dict(overrides or {})
     base = resolve_config("small", {"data": data, "threads": threads, **extra})
     model_desc = f" at {base['width']:g}x width" if base["width"] != 1 else ""
@@ -102,7 +94,8 @@ def demo(output=None, epochs: int | None = None, *, data: str = "fashion-mnist-b
     _, test_ds, info = build_datasets(data, base["data_dir"], base["image_size"])
     if epochs is None:
         per_image, extra["amp"] = _seconds_per_image(base)
-        epochs, n = plan(per_image, info.num_train, info.num_test)
+        n_val = round(base["val_split"] * info.num_train)
+        epochs, n = plan(per_image, info.num_train - n_val, info.num_test, n_val)
         msg = f"training {epochs} epoch(s)"
         if n < info.num_train:
             extra["train_subset"] = n

@@ -4,10 +4,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from ..checkpoint import model_from_checkpoint, read_metadata
 from ..data import build_datasets, build_loader
 from ..evaluate import evaluate, format_report, save_confusion_png
 from ..reparam import reparameterize
+from ..threads import set_threads
 
 
 def _meta_value(meta: dict, key: str):
@@ -21,15 +24,17 @@ def _meta_value(meta: dict, key: str):
 
 
 def evaluate_checkpoint(checkpoint, data: str, *, data_dir=None, deploy=False, image_size=None,
-                        batch_size=512, device="cpu", output=None, quiet=False) -> dict:
-    """Evaluate; raise ValueError when the data and the checkpoint disagree on classes/channels."""
+                        batch_size=512, device="cpu", output=None, quiet=False, threads=None, **overrides) -> dict:
+    """Evaluate; raise ValueError when the data and the checkpoint disagree on classes/channels.
+
+    ``overrides`` go to ``create_model`` (``name``, ``small_input``...: files without metadata).
+    """
     path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    threads_note = set_threads(threads) if torch.device(device).type == "cpu" else None
     meta = read_metadata(path)
     size = image_size or _meta_value(meta, "image_size")
     _, test_ds, info = build_datasets(data, data_dir, size, recipe_aug="none")
-    model = model_from_checkpoint(path)
+    model = model_from_checkpoint(path, **overrides)
     n_cls, in_chans = model.num_classes, model.in_chans
     if n_cls != info.num_classes:
         raise ValueError(f"label-count mismatch: {path} was trained for {n_cls} classes but {data} has "
@@ -49,6 +54,8 @@ def evaluate_checkpoint(checkpoint, data: str, *, data_dir=None, deploy=False, i
                              info.class_names, title=f"{path.name} ({form}) on {info.name}: "
                                                      f"top-1 {res['top1']:.2f}%")
     if not quiet:
+        if threads_note:
+            print(f"CPU threads: {threads_note}")
         print(f"{path} [{form}] on {info.name} test ({info.source}):")
         print(format_report(res, info.class_names))
         print(f"confusion matrix: {png}")

@@ -22,10 +22,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..checkpoint import load_checkpoint, read_metadata, save_checkpoint
-from ..data import build_datasets, build_loader
+from ..data import build_datasets, build_loader, split_validation
 from ..evaluate import evaluate
 from ..factory import create_model
 from . import distributed as D
+from ..threads import set_threads
 from .amp import amp_dtype, probe_cpu_amp
 from .config import AUGMENTATION_KEYS, augmentation_kwargs, model_shape_kwargs, save_config
 from .ema import ModelEma
@@ -76,10 +77,10 @@ class Trainer:
 
     def __init__(self, cfg: dict, output, *, resume=False, overwrite=False, quiet=False):
         self.cfg, self.out, self.quiet = cfg, Path(output), quiet
-        if cfg.get("threads"):
-            torch.set_num_threads(int(cfg["threads"]))   # 1 is far faster on a CPU shared with other jobs
         self.dist = D.setup("cuda" if cfg["device"].startswith("cuda") or (
             cfg["device"] == "auto" and torch.cuda.is_available()) else "cpu")
+        # before anything is timed (the bf16 probe): oversubscribed threads run up to 10x slower
+        self._threads_note = set_threads(cfg.get("threads"), processes=self.dist.world_size)
         self.device = resolve_device(cfg["device"], self.dist)
         if cfg["sync_bn"] and self.dist.enabled and self.device.type != "cuda":
             raise ValueError("sync_bn needs CUDA devices: torch's SyncBatchNorm has no CPU implementation; "
@@ -97,14 +98,18 @@ class Trainer:
         seed_everything(cfg["seed"], cfg["deterministic"])
         self.train_ds, self.test_ds, self.info = build_datasets(
             cfg["data"], cfg["data_dir"], cfg["image_size"], **augmentation_kwargs(cfg))
+        self.val_ds = None
+        if cfg["val_split"]:      # held out before any subset: the split is the same at any train_subset
+            self.train_ds, self.val_ds = split_validation(self.train_ds, self.test_ds, cfg["val_split"], cfg["seed"])
         if cfg.get("train_subset"):
             self.train_ds = _subset(self.train_ds, int(cfg["train_subset"]), cfg["seed"])
-            self.info.num_train = len(self.train_ds)
+        self.info.num_train = len(self.train_ds)
         r, w = self.dist.rank, self.dist.world_size
         self.train_loader = build_loader(self.train_ds, cfg["batch_size"], train=True, seed=cfg["seed"],
                                          rank=r, world_size=w, num_workers=cfg["workers"])
-        self.test_loader = build_loader(self.test_ds, 512, train=False, rank=r, world_size=w,
-                                        num_workers=cfg["workers"])
+        eval_on = {"val": self.val_ds, "test": self.test_ds if cfg["test_every_epoch"] else None}
+        self.eval_loaders = {k: build_loader(ds, 512, train=False, rank=r, world_size=w, num_workers=cfg["workers"])
+                             for k, ds in eval_on.items() if ds is not None}
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
             raise ValueError(f"{self.info.num_train} training images give no full batch of "
@@ -231,7 +236,8 @@ class Trainer:
             self._log_start()
             while self.epoch < cfg["epochs"]:
                 self._train_epoch(stop, stop_at_step)
-        return {"best_top1": self.best, "best_epoch": self.best_epoch, "elapsed_s": self.elapsed}
+        best_val = self.best if self.val_ds is not None else None
+        return {"best_val_top1": best_val, "best_epoch": self.best_epoch, "elapsed_s": self.elapsed}
 
     def _log_start(self) -> None:
         cfg = self.cfg
@@ -244,8 +250,18 @@ class Trainer:
                      f"device {self.device}")
             if self._amp_note:
                 self.log(self._amp_note)
+            self.log(self._selection_note())
         else:
             self.log(f"resuming {self.out} at epoch {self.epoch + 1}, step {self.step}")
+        self.log(f"CPU threads per process: {self._threads_note}")
+
+    def _selection_note(self) -> str:
+        if self.val_ds is None:
+            return ("model selection: none (val_split 0): best.safetensors is the final epoch's weights; "
+                    "the test set is only used for the final report")
+        return (f"model selection: on a validation split of {len(self.val_ds)} images held out of the training set "
+                f"(val_split {self.cfg['val_split']:g}, stratified, seed {self.cfg['seed']}); the test set "
+                f"({self.info.num_test} images) is never used to pick a checkpoint")
 
     def _interrupt(self, signum: int):
         self.save_last()
@@ -325,15 +341,19 @@ class Trainer:
                "train_loss": float(counts[0] / counts[2]), "train_acc": float(100 * counts[1] / counts[2]),
                "img_per_s": float(counts[2]) / max(train_time, 1e-9)}
         if self.epoch % cfg["eval_every"] == 0 or self.epoch == cfg["epochs"]:
-            res = evaluate(self.eval_model, self.test_loader, self.info.num_classes, self.device,
-                           reduce=self._reduce if self.dist.enabled else None)
-            row.update(val_loss=res["loss"], val_top1=res["top1"], val_top5=res["top5"])
-            if res["top1"] > self.best:
-                self.best, self.best_epoch = res["top1"], self.epoch
+            for split, loader in self.eval_loaders.items():
+                res = evaluate(self.eval_model, loader, self.info.num_classes, self.device,
+                               reduce=self._reduce if self.dist.enabled else None)
+                row.update({f"{split}_loss": res["loss"], f"{split}_top1": res["top1"], f"{split}_top5": res["top5"]})
+            # selected on the validation split; without one, the latest epoch is the best by definition
+            score = row.get("val_top1", float(self.epoch))
+            if score > self.best:
+                self.best, self.best_epoch = score, self.epoch
                 if self.dist.is_main:
-                    save_checkpoint(self.eval_model, self.out / "best.safetensors",
-                                    metadata=_meta(cfg, self.info, epoch=str(self.epoch),
-                                                   top1=f"{res['top1']:.4f}", ema=json.dumps(self.ema is not None)))
+                    meta = _meta(cfg, self.info, epoch=str(self.epoch), ema=json.dumps(self.ema is not None))
+                    if "val_top1" in row:
+                        meta["val_top1"] = f"{row['val_top1']:.4f}"
+                    save_checkpoint(self.eval_model, self.out / "best.safetensors", metadata=meta)
         row["epoch_s"] = time.perf_counter() - self._t_epoch
         self.elapsed += row["epoch_s"]
         row["elapsed_s"] = self.elapsed
@@ -342,8 +362,9 @@ class Trainer:
             self.metrics.add(row)
             msg = (f"epoch {self.epoch}/{cfg['epochs']}  loss {row['train_loss']:.4f}  "
                    f"train acc {row['train_acc']:.2f}%  {row['img_per_s']:.0f} img/s  lr {row['lr']:.4g}")
-            if "val_top1" in row:
-                msg += f"  test top-1 {row['val_top1']:.2f}%  top-5 {row['val_top5']:.2f}%"
+            for split in ("val", "test"):
+                if f"{split}_top1" in row:
+                    msg += f"  {split} top-1 {row[f'{split}_top1']:.2f}%"
             self.log(msg + f"  [{row['epoch_s']:.0f}s, total {self.elapsed / 60:.1f} min]")
 
     # ------------------------------------------------------------------ the end
@@ -352,7 +373,8 @@ class Trainer:
         D.barrier(self.dist)
         summary = {}
         if self.dist.is_main:
-            summary = finish_run(self.out, self.test_ds, self.info, self.log, self.cfg["workers"])
+            final = self.out / ("last_ema.safetensors" if self.ema is not None else "last.safetensors")
+            summary = finish_run(self.out, self.test_ds, self.info, self.log, self.cfg["workers"], final=final)
         D.barrier(self.dist)
         D.teardown(self.dist)
         return summary

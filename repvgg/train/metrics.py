@@ -5,10 +5,9 @@ import csv
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 
-from .config import atomic_write_text
+from ..fileio import atomic_savefig, atomic_write_text
 
 
 class MetricsLog:
@@ -54,10 +53,14 @@ class MetricsLog:
         ep = [r["epoch"] for r in self.rows]
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
         axes[0].plot(ep, [r.get("train_loss") for r in self.rows], "o-", label="train")
-        axes[0].plot(ep, [r.get("val_loss") for r in self.rows], "o-", label="test")
+        for split in ("val", "test"):
+            if any(f"{split}_loss" in r for r in self.rows):
+                axes[0].plot(ep, [r.get(f"{split}_loss") for r in self.rows], "o-", label=split)
         axes[0].set_title("loss")
         axes[1].plot(ep, [r.get("train_acc") for r in self.rows], "o-", label="train (augmented)")
-        axes[1].plot(ep, [r.get("val_top1") for r in self.rows], "o-", label="test top-1")
+        for split, label in (("val", "val top-1 (selects)"), ("test", "test top-1 (report only)")):
+            if any(f"{split}_top1" in r for r in self.rows):
+                axes[1].plot(ep, [r.get(f"{split}_top1") for r in self.rows], "o-", label=label)
         axes[1].set_title("accuracy (%)")
         axes[2].plot(ep, [r.get("lr") for r in self.rows], "o-")
         axes[2].set_title("lr (end of epoch)")
@@ -67,11 +70,7 @@ class MetricsLog:
         axes[0].legend()
         axes[1].legend()
         fig.tight_layout()
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".curves.", suffix=".png")
-        os.close(fd)
         try:
-            fig.savefig(tmp, dpi=90)
-            os.replace(tmp, self.png)
+            atomic_savefig(fig, self.png, dpi=90)
         finally:
             plt.close(fig)
-            Path(tmp).unlink(missing_ok=True)

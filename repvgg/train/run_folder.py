@@ -16,7 +16,8 @@ from ..checkpoint import model_from_checkpoint, read_metadata, save_checkpoint
 from ..data import build_loader
 from ..evaluate import compare_predictions, evaluate, format_report, save_confusion_png
 from ..reparam import reparameterize
-from .config import atomic_write_text, read_config, resolve_config
+from ..fileio import atomic_write_text
+from .config import read_config, resolve_config
 
 # files a run writes; --overwrite removes exactly these, never anything else in the folder
 RUN_FILES = ("config.yaml", "last.safetensors", "last_ema.safetensors", "last.state.pt",
@@ -62,8 +63,13 @@ def clear_run(out: Path) -> None:
         (out / f).unlink(missing_ok=True)
 
 
-def finish_run(out: Path, test_ds, info, log=print, workers: int = 0) -> dict:
-    """Fuse best.safetensors into deploy.safetensors and evaluate both forms on the full test set."""
+def finish_run(out: Path, test_ds, info, log=print, workers: int = 0, final: Path | None = None) -> dict:
+    """Fuse best.safetensors into deploy.safetensors; evaluate both forms (and the final epoch) on the test set.
+
+    Everything is written before the fusion is judged: a run that finished training never ends in a
+    crash. A fusion that fails its check (see :func:`repvgg.evaluate.compare_predictions`) leaves
+    ``fusion_ok: false`` and the reason in summary.json and no deploy.safetensors.
+    """
     best_path = out / "best.safetensors"
     meta = read_metadata(best_path)
     trained = model_from_checkpoint(best_path).eval()
@@ -72,23 +78,39 @@ def finish_run(out: Path, test_ds, info, log=print, workers: int = 0) -> dict:
     t = evaluate(trained, loader, info.num_classes, keep_outputs=True)
     d = evaluate(deployed, loader, info.num_classes, keep_outputs=True)
     labels = torch.as_tensor(test_ds.targets) if hasattr(test_ds, "targets") else torch.cat([y for _, y in loader])
-    check = compare_predictions(t, d, labels)      # raises if fusion changed any non-tie prediction
-    deploy_meta = {k: v for k, v in meta.items() if k not in ("build_args", "deployed", "format", "repvgg_version")}
-    save_checkpoint(deployed, out / "deploy.safetensors", metadata=deploy_meta)
-    save_confusion_png(d["confusion"], out / "confusion.png", info.class_names,
-                       title=f"deploy model, {info.name} test: top-1 {d['top1']:.2f}%")
+    check = compare_predictions(t, d, labels)
+    final_top1 = t["top1"]
+    if final is not None and final.is_file() and read_metadata(final).get("epoch") != meta.get("epoch"):
+        final_top1 = evaluate(model_from_checkpoint(final).eval(), loader, info.num_classes)["top1"]
     summary = {"train_top1": t["top1"], "deploy_top1": d["top1"], "top5": d["top5"],
-               "agreement_pct": check["agreement"], "flips": check["flips"], "tie_flips": check["tie_flips"],
-               "max_logit_diff": check["max_logit_diff"], "test_images": d["n"], "best_epoch": meta.get("epoch"),
+               "final_epoch_top1": final_top1, "best_epoch": meta.get("epoch"), "val_top1": meta.get("val_top1"),
+               "selection": "validation split" if meta.get("val_top1") else "final epoch (no validation split)",
+               "fusion_ok": check["ok"], "fusion_problem": check.get("reason"),
+               "agreement_pct": check["agreement"], "agreement_away_from_ties_pct": check["agreement_away_from_ties"],
+               "flips": check["flips"], "tie_flips": check["tie_flips"], "max_logit_diff": check["max_logit_diff"],
+               "rel_logit_diff": check["rel_logit_diff"], "test_images": d["n"],
                "per_class": dict(zip(info.class_names, d["per_class"]))}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-    log(f"best weights (epoch {meta.get('epoch')}): train-time top-1 {t['top1']:.2f}%  |  fused deploy "
-        f"top-1 {d['top1']:.2f}%  |  identical predictions on {check['agreement']:.2f}% of {d['n']} "
-        f"test images (max logit diff {check['max_logit_diff']:.2g})")
+    save_confusion_png(d["confusion"], out / "confusion.png", info.class_names,
+                       title=f"deploy model, {info.name} test: top-1 {d['top1']:.2f}%")
+    picked = (f"epoch {meta.get('epoch')}, picked on the validation split: val top-1 {float(meta['val_top1']):.2f}%"
+              if meta.get("val_top1") else f"epoch {meta.get('epoch')}, the final epoch (no validation split)")
+    log(f"best weights ({picked})")
+    log(f"test top-1: train-time {t['top1']:.2f}%  |  fused deploy {d['top1']:.2f}%  |  final epoch's weights "
+        f"{final_top1:.2f}%  ({d['n']} test images)")
+    log(f"fusion: max logit difference {check['max_logit_diff']:.2g} ({check['rel_logit_diff']:.1e} of the logits' "
+        f"scale); identical predictions on {check['agreement']:.2f}% of the test images, "
+        f"{check['agreement_away_from_ties']:.2f}% away from near-ties")
     if check["flips"]:
-        log(f"  {check['flips']} prediction(s) differ, all near-ties (two best logits equal within "
-            f"float rounding), which is why accuracy can move by at most that many images")
+        log(f"  {check['flips']} prediction(s) differ, {check['tie_flips']} of them near-ties (two best logits equal "
+            "within float rounding), so accuracy can move by at most that many images")
     log(format_report(d, info.class_names))
+    if not check["ok"]:
+        log(f"FUSION CHECK FAILED: {check['reason']}. deploy.safetensors was not written; the trained weights are "
+            f"in {best_path} and last.*; please report this with {out}/summary.json")
+        return summary
+    deploy_meta = {k: v for k, v in meta.items() if k not in ("build_args", "deployed", "format", "repvgg_version")}
+    save_checkpoint(deployed, out / "deploy.safetensors", metadata=deploy_meta)
     log(f"wrote {out}/deploy.safetensors (fused), best.safetensors, last.*, metrics.csv/jsonl, "
-        f"curves.png, confusion.png, train.log")
+        f"curves.png, confusion.png, train.log, summary.json")
     return summary
