@@ -82,7 +82,8 @@ class _FakeTraining:
         (out / "config.yaml").write_text(yaml.safe_dump(dict(epochs=4, width=0.5)))
         with open(out / "metrics.jsonl", "a") as f:
             for e in self.epochs:
-                f.write(json.dumps(dict(epoch=e, elapsed_s=100.0 * e, val_top1=90.0 + e, img_per_s=500.0)) + "\n")
+                f.write(json.dumps(dict(epoch=e, elapsed_s=100.0 * e, val_top1=90.0 + e, test_top1=89.5 + e,
+                                         img_per_s=500.0)) + "\n")
         if self.rc == 0:
             (out / "summary.json").write_text(json.dumps(dict(train_top1=94.0, deploy_top1=94.0,
                                                               agreement_pct=100.0)))
@@ -119,4 +120,5 @@ def test_long_run_in_segments_resumes_and_reports_the_summed_training_time(tmp_p
     assert "epochs [1, 2]" in log and "epochs [3, 4]" in log      # both segments' output
     md = (tmp_path / "results" / "train_fashion_mnist_long.md").read_text()
     assert "training time 6.7 min, summed over the run's segments" in md
-    assert "| 4 | 6.7 | 94.00 | 500 |" in md
+    assert "| 4 | 6.7 | 94.00 | 93.50 | 500 |" in md                 # val (selects), test (reported)
+    assert "--test-every-epoch" in first.commands[0]
