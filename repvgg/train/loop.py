@@ -117,7 +117,8 @@ class Trainer:
 
         self.model = create_model(cfg["model"], num_classes=self.info.num_classes,
                                   in_chans=self.info.in_chans, block=cfg["block"],
-                                  drop_rate=cfg["drop_rate"], **model_shape_kwargs(cfg))
+                                  drop_rate=cfg["drop_rate"], **model_shape_kwargs(cfg)).to(self.device)
+        # on the device before the optimizer exists: a resumed optimizer state follows its params there
         if w > 1:
             torch.manual_seed(cfg["seed"] + r)     # per-rank dropout/mixup streams (DDP syncs weights)
         self.global_batch = cfg["batch_size"] * w

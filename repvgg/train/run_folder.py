@@ -17,7 +17,7 @@ from ..data import build_loader
 from ..evaluate import compare_predictions, evaluate, format_report, save_confusion_png
 from ..reparam import reparameterize
 from ..fileio import atomic_write_text
-from .config import read_config, resolve_config
+from .config import MODEL_DEPTHS, read_config, resolve_config
 
 # files a run writes; --overwrite removes exactly these, never anything else in the folder
 RUN_FILES = ("config.yaml", "last.safetensors", "last_ema.safetensors", "last.state.pt",
@@ -43,6 +43,8 @@ def prepare_run(output, recipe="normal", overrides: dict | None = None, *, resum
         for k, v in (overrides or {}).items():
             if k == "amp" and v == "auto":
                 continue                           # the saved config holds what `auto` resolved to
+            if k == "depths" and v == MODEL_DEPTHS:
+                v = None                           # saved resolved: `model` is stored as null
             if v is not None and k not in RESUME_FREE and cfg.get(k) != v:
                 raise ValueError(f"--resume continues {out} with its saved config; {k}={v!r} differs "
                                  f"from the saved {cfg.get(k)!r} (use a new --output to change it)")
