@@ -84,7 +84,9 @@ def build_reference(spec: ModelSpec, num_classes: int = 1000, seed: int = 0) -> 
         return create_baseline(spec.name, num_classes=num_classes)
     if spec.kind == "timm":
         timm = require("timm")
-        reparameterize_model = require("timm.models").reparameterize_model
+        # timm.models has it since 1.0; timm 0.9 keeps it in timm.utils.model (seen on the GPU host)
+        reparameterize_model = getattr(require("timm.models"), "reparameterize_model", None) \
+            or require("timm.utils.model").reparameterize_model
 
         model = timm.create_model(spec.name[5:], num_classes=num_classes).eval()
         return reparameterize_model(model) if spec.form == "deploy" else model
