@@ -54,7 +54,8 @@ def run(args) -> int:
               f"Command: `{cmd}`  \nHardware: {cpu_name()} ({os.cpu_count()} cores), CPU only, shared with "
               "other jobs (speeds are "
               f"indicative; train-time vs deploy ratios are timed interleaved).  \n"
-              "Top-1 is on the test split, best epoch (EMA weights when the recipe uses EMA). The last column "
+              "Top-1 is on the test split, of the epoch picked on a validation split held out of the training "
+              "data (the final epoch with --set val_split=0; EMA weights when the recipe uses EMA). The last column "
               "is the PAPER's ImageNet top-1 of RepVGG-B0 after 120 epochs, quoted for the ordering only.")
     try:
         rows = run_ablation(args.output, args.model, args.data, args.variants, args.seeds, args.recipe,
