@@ -111,12 +111,15 @@ class ConvBN(nn.Module):
         return w + ident  # trivial: W_hat = I + W
 
     def forward(self, x):
-        c = self.conv
         if self.kernel == "plain":
-            y = c(x)
-        else:
-            y = F.conv2d(x, self.weight(), None, c.stride, c.padding, c.dilation, c.groups)
-        return self.bn(y)
+            return self.bn(self.conv(x))
+        return self.bn(self._reparam_conv(x))
+
+    @torch.jit.unused
+    def _reparam_conv(self, x):
+        """The DiracNet / trivial variants (ablation only; TorchScript covers the plain kernel)."""
+        c = self.conv
+        return F.conv2d(x, self.weight(), None, c.stride, c.padding, c.dilation, c.groups)
 
     def as_3x3(self) -> fusion.Branch:
         kernel = fusion.pad_to_3x3(self.weight())
@@ -171,6 +174,14 @@ class SqueezeExcite(nn.Module):
         return x * torch.sigmoid(self.expand(F.relu(self.reduce(s))))
 
 
+def _accumulate(y: torch.Tensor, o: torch.Tensor, fresh: bool) -> tuple[torch.Tensor, bool]:
+    """``y + o``; in place once ``y`` is a sum this block made (one activation less to hold)."""
+    if fresh:
+        y += o
+        return y, True
+    return y + o, True
+
+
 class RepVGGBlock(nn.Module):
     """3x3 conv block with re-parameterizable train-time branches, then SE (optional) and ReLU.
 
@@ -194,40 +205,56 @@ class RepVGGBlock(nn.Module):
             raise ValueError(f"channels {in_channels}->{out_channels} not divisible by groups={groups}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.stride, self.groups, self.dilation, self.spec = stride, groups, dilation, spec
-        self.deploy = deploy
+        self.deploy, self.branch_relu = deploy, spec.branch_relu
         args = (in_channels, out_channels)
+        # Every branch attribute exists in both forms, None where absent: TorchScript and
+        # torch.compile then see one forward whose unused half is dropped at compile time.
+        self.fused = self.conv3x3 = self.conv1x1 = self.conv3x1 = self.conv1x3 = None
+        self.identity = self.post_bn = None
         if deploy:
             self.fused = nn.Conv2d(*args, 3, stride, dilation, dilation, groups, bias=True)
         else:
             bn3 = spec.branch_bn
             self.conv3x3 = ConvBN(*args, (3, 3), stride, dilation, groups, bn=bn3, kernel=spec.kernel)
-            self.conv1x1 = ConvBN(*args, (1, 1), stride, 1, groups, bn=spec.bn_1x1) if spec.conv1x1 else None
+            if spec.conv1x1:
+                self.conv1x1 = ConvBN(*args, (1, 1), stride, 1, groups, bn=spec.bn_1x1)
             if spec.asymmetric:
                 self.conv3x1 = ConvBN(*args, (3, 1), stride, dilation, groups, bn=bn3)
                 self.conv1x3 = ConvBN(*args, (1, 3), stride, dilation, groups, bn=bn3)
-            has_identity = spec.identity is not None and in_channels == out_channels and stride == 1
-            self.identity = IdentityBranch(out_channels, groups, spec.identity == "bn") if has_identity else None
-            self.post_bn = nn.BatchNorm2d(out_channels) if spec.post_bn else None
+            if spec.identity is not None and in_channels == out_channels and stride == 1:
+                self.identity = IdentityBranch(out_channels, groups, spec.identity == "bn")
+            if spec.post_bn:
+                self.post_bn = nn.BatchNorm2d(out_channels)
         self.se = SqueezeExcite(out_channels) if se else nn.Identity()
         self.act = nn.ReLU(inplace=True)  # saves a full activation per block (peak memory, speed)
 
     def branches(self) -> list[nn.Module]:
         """The train-time branches, summed in forward and in fusion alike."""
-        names = ("conv3x3", "conv1x1", "conv3x1", "conv1x3", "identity")
-        return [b for n in names if (b := getattr(self, n, None)) is not None]
+        branches = (self.conv3x3, self.conv1x1, self.conv3x1, self.conv1x3, self.identity)
+        return [b for b in branches if b is not None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.deploy:
+        if self.fused is not None:
             return self.act(self.se(self.fused(x)))
-        outs = [branch(x) for branch in self.branches()]
-        if self.spec.branch_relu:
-            outs = [F.relu(o) for o in outs]
-        y = outs[0] if len(outs) == 1 else outs[0] + outs[1]
-        for o in outs[2:]:
-            y += o  # y is the fresh tensor made by the add above: accumulate without another copy
+        conv3x3 = self.conv3x3
+        assert conv3x3 is not None
+        # written out branch by branch (no loop over branches()): TorchScript, torch.fx and
+        # torch.compile(fullgraph=True) all take it as one graph
+        y, fresh = self._out(conv3x3(x)), False
+        if self.conv1x1 is not None:
+            y, fresh = _accumulate(y, self._out(self.conv1x1(x)), fresh)
+        if self.conv3x1 is not None:
+            y, fresh = _accumulate(y, self._out(self.conv3x1(x)), fresh)
+        if self.conv1x3 is not None:
+            y, fresh = _accumulate(y, self._out(self.conv1x3(x)), fresh)
+        if self.identity is not None:
+            y, fresh = _accumulate(y, self._out(self.identity(x)), fresh)
         if self.post_bn is not None:
             y = self.post_bn(y)
         return self.act(self.se(y))
+
+    def _out(self, branch_output: torch.Tensor) -> torch.Tensor:
+        return F.relu(branch_output) if self.branch_relu else branch_output
 
     def fused_kernel_bias(self) -> fusion.Branch:
         """The single 3x3 ``(kernel, bias)`` equivalent to the branches in eval mode."""

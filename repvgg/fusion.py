@@ -79,6 +79,6 @@ def dirac_kernel(
 ) -> torch.Tensor:
     """DiracNet's kernel ``diag(alpha) I + diag(beta) W_norm`` (W normalized per output filter)."""
     flat = weight.flatten(1)
-    w_norm = (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)).view_as(weight)
+    w_norm = (flat / torch.linalg.vector_norm(flat, dim=1, keepdim=True).clamp_min(1e-12)).view_as(weight)
     ident = identity_kernel(weight.shape[0], groups, dtype=weight.dtype, device=weight.device)
     return alpha.reshape(-1, 1, 1, 1) * ident + beta.reshape(-1, 1, 1, 1) * w_norm

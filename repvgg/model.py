@@ -25,6 +25,28 @@ class FeatureInfo(list):
 
 
 def _check_input(x: torch.Tensor, in_chans: int) -> None:
+    """Clear errors for a wrong input; in a form TorchScript and torch.fx take as well.
+
+    Eager (and torch.compile) get messages naming the shape and the fix; a scripted or FX-traced
+    model keeps the same checks as ``torch._assert`` nodes with fixed messages.
+    """
+    if not torch.jit.is_scripting():
+        if not _fx_tracing():
+            _explain_bad_input(x, in_chans)
+            return
+    torch._assert(x.dim() == 4, "expected a 4D input (N, C, H, W)")
+    torch._assert(x.shape[1] == in_chans, "wrong number of input channels for this model (see in_chans)")
+    torch._assert(x.is_floating_point(), "expected a floating-point image tensor (normalize uint8 images first)")
+
+
+@torch.jit.unused
+def _fx_tracing() -> bool:
+    trace = torch.fx._symbolic_trace
+    return getattr(trace, "is_fx_symbolic_tracing", trace.is_fx_tracing)()   # the former from torch 2.10
+
+
+@torch.jit.unused
+def _explain_bad_input(x: torch.Tensor, in_chans: int) -> None:
     if x.dim() != 4:
         raise ValueError(f"expected a 4D input (N, C, H, W), got a {x.dim()}D tensor of shape {tuple(x.shape)}")
     if x.shape[1] != in_chans:
@@ -79,6 +101,9 @@ def chain_blocks(model: nn.Module) -> list[nn.Module]:
 
 
 class RepVGG(nn.Module):
+    # Python-side conveniences TorchScript need not compile (a scripted model keeps forward & co.)
+    __jit_unused_properties__ = ["build_args", "is_deployed", "pretrained_cfg", "default_cfg", "head_hidden_size"]
+
     def __init__(
         self,
         arch: RepVGGArch,
@@ -89,6 +114,7 @@ class RepVGG(nn.Module):
         small_input: bool = False,
         output_stride: int = 32,
         drop_rate: float = 0.0,
+        global_pool: str = "avg",
     ):
         super().__init__()
         check_io_sizes(num_classes, in_chans)
@@ -116,13 +142,15 @@ class RepVGG(nn.Module):
             self.feature_info.append(dict(num_chs=width, reduction=reduction, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
         self.num_features = in_ch
-        self.head = ClassifierHead(in_ch, num_classes, drop_rate)
+        self.head = ClassifierHead(in_ch, num_classes, drop_rate, global_pool)
 
     @property
+    @torch.jit.unused
     def is_deployed(self) -> bool:
         """True when every block is in fused form (derived from the blocks, never stored)."""
         return all(m.deploy for m in self.modules() if isinstance(m, RepVGGBlock))
 
+    @torch.jit.unused
     def _warn_if_exporting_unfused(self) -> None:
         if torch.onnx.is_in_onnx_export() and not self.is_deployed:
             warnings.warn(
@@ -147,16 +175,73 @@ class RepVGG(nn.Module):
         return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._warn_if_exporting_unfused()
+        if not torch.jit.is_scripting():
+            self._warn_if_exporting_unfused()
         return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """timm's feature API: ``(final features, [stem/stage outputs])``, or the list alone.
+
+        ``indices``: which of the 5 feature levels (0 = stem, 1-4 = stages; negative from the end;
+        an int n = the last n). ``stop_early`` skips the stages after the last one asked for.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW' (a ConvNet's own layout), got {output_fmt!r}")
+        take = feature_indices(len(self.feature_info), indices)
+        _check_input(x, self.in_chans)
+        x = self.stem(x)
+        feats = [x] if 0 in take else []
+        last = max(take) if stop_early else len(self.stages)
+        for i, stage in enumerate(self.stages, start=1):
+            if i > last:
+                break
+            for block in stage:
+                x = block(x)
+            if i in take:
+                feats.append(x)
+        return feats if intermediates_only else (x, feats)
+
+    def prune_intermediate_layers(self, indices: int | list[int] | None = None, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last kept feature level (and the head): a smaller backbone."""
+        take = feature_indices(len(self.feature_info), indices)
+        self.stages = self.stages[:max(max(take), 1)]
+        self.feature_info = FeatureInfo(self.feature_info[:max(take) + 1])
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
 
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new, untrained classifier for ``num_classes`` (0: none), pooling ``global_pool`` (timm's API)."""
         check_io_sizes(num_classes, self.in_chans)
         self.num_classes = num_classes
-        self.head = ClassifierHead(self.num_features, num_classes, self.head.drop.p)
+        pool = self.head.global_pool if global_pool is None else global_pool
+        self.head = ClassifierHead(self.num_features, num_classes, self.head.drop.p, pool)
+
+    @property
+    def head_hidden_size(self) -> int:
+        """Width of what the classifier reads (no pre-logits layer: the last stage's channels)."""
+        return self.num_features
+
+    @property
+    @torch.jit.unused
+    def pretrained_cfg(self) -> dict:
+        """What a user needs to feed the model: input size, normalization, resize, crop (timm's keys)."""
+        small = bool(self.__dict__.get("_build_args", {}).get("small_input"))
+        size = 32 if small else 224
+        mean, std = (0.5,) * self.in_chans, (0.5,) * self.in_chans
+        if self.in_chans == 3:
+            mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+        return {"input_size": (self.in_chans, size, size), "mean": mean, "std": std, "interpolation": "bilinear",
+                "crop_pct": 1.0 if small else 0.875, "crop_mode": "center", "num_classes": self.num_classes,
+                "pool_size": (1, 1), "first_conv": _first_conv(self.stem), "classifier": "head.fc",
+                "license": "mit", "paper_ids": "arXiv:2101.03697"}
+
+    default_cfg = pretrained_cfg      # the older timm name
 
     @property
     def build_args(self) -> dict:
@@ -175,17 +260,54 @@ class RepVGG(nn.Module):
         self.__dict__["_build_args"] = dict(args)
 
 
-class ClassifierHead(nn.Module):
-    """Global average pool, dropout, linear (``head.fc``; identity when num_classes=0)."""
+POOLS = ("avg", "max", "avgmax", "")
 
-    def __init__(self, in_features: int, num_classes: int, drop_rate: float = 0.0):
+
+class ClassifierHead(nn.Module):
+    """Global pooling, dropout, linear (``head.fc``; identity when num_classes=0).
+
+    ``global_pool``: "avg" (the paper's), "max", "avgmax" (their mean), or "" for no pooling,
+    which returns the feature map and needs num_classes=0 (timm's ``reset_classifier(0, "")``).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, drop_rate: float = 0.0, global_pool: str = "avg"):
         super().__init__()
+        if global_pool not in POOLS:
+            raise ValueError(f"global_pool must be one of {POOLS}, got {global_pool!r}")
+        if global_pool == "" and num_classes > 0:
+            raise ValueError("global_pool='' returns feature maps; a classifier needs pooling (or num_classes=0)")
+        self.global_pool = global_pool
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.drop(x.mean((2, 3)))
+        if self.global_pool == "avg":
+            x = x.mean((2, 3))
+        elif self.global_pool == "max":
+            x = x.amax((2, 3))
+        elif self.global_pool == "avgmax":
+            x = 0.5 * (x.mean((2, 3)) + x.amax((2, 3)))
+        x = self.drop(x)
         return x if pre_logits else self.fc(x)
+
+
+def feature_indices(num_levels: int, indices: int | list[int] | None) -> list[int]:
+    """timm's rule: None = every level, n = the last n, a list = those (negative from the end)."""
+    if indices is None:
+        return list(range(num_levels))
+    if isinstance(indices, int):
+        if not 0 < indices <= num_levels:
+            raise ValueError(f"indices={indices}: asks for the last {indices} of {num_levels} feature levels")
+        return list(range(num_levels - indices, num_levels))
+    take = sorted(i % num_levels if -num_levels <= i < num_levels else num_levels for i in indices)
+    if not take or take[-1] >= num_levels:
+        raise ValueError(f"indices {list(indices)} must lie in -{num_levels}..{num_levels - 1}")
+    return take
+
+
+def _first_conv(stem: nn.Module) -> str:
+    conv = getattr(stem, "fused", None)
+    return "stem.fused" if conv is not None else "stem.conv3x3.conv"
 
 
 class RepVGGFeatures(nn.Module):

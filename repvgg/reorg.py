@@ -103,7 +103,8 @@ class ResidualReorg(RepVGG):
     """
 
     def __init__(self, arch: RepVGGArch, num_classes=1000, in_chans=3, deploy=False,
-                 block="residual_reorg", small_input=False, output_stride=32, drop_rate=0.0):
+                 block="residual_reorg", small_input=False, output_stride=32, drop_rate=0.0,
+                 global_pool="avg"):
         nn.Module.__init__(self)  # RepVGG.__init__ would build RepVGG blocks; the layout is rebuilt here
         if block != "residual_reorg":
             raise ValueError(f"ResidualReorg builds block='residual_reorg' only, got {block!r}")
@@ -134,7 +135,7 @@ class ResidualReorg(RepVGG):
             self.feature_info.append(dict(num_chs=width, reduction=reduction, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
         self.num_features = in_ch
-        self.head = ClassifierHead(in_ch, num_classes, drop_rate)
+        self.head = ClassifierHead(in_ch, num_classes, drop_rate, global_pool)
 
     @property
     def is_deployed(self) -> bool:

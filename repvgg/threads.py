@@ -31,7 +31,7 @@ def choose_threads(requested: int | None = None, processes: int = 1) -> tuple[in
     if requested is not None:
         if int(requested) < 1:
             raise ValueError(f"--threads must be >= 1, got {requested}")
-        return int(requested), f"{requested} thread(s), as asked (--threads)"
+        return int(requested), f"{requested} thread(s), as set (--threads or the recipe's threads)"
     cores = usable_cores()
     share = max(1, cores // max(1, processes))
     try:

@@ -26,7 +26,7 @@ def test_fp32_eager_matches_fused_model():
     verified = [info] + info["selected_from"]
     assert len(verified) == (3 if torch.backends.mkldnn.is_available() else 2)
     assert all(i["max_rel_err"] <= optimize.FP32_TOL for i in verified)
-    assert any(hasattr(m, "conv3x3") for m in model.modules())  # the input model is left as it was
+    assert any(getattr(m, "conv3x3", None) is not None for m in model.modules())  # the input is left as it was
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         assert rel_err(opt(x), model(x)) < 1e-4

@@ -95,14 +95,15 @@ def demo(output=None, epochs: int | None = None, *, data: str = "fashion-mnist-b
     if epochs is None:
         per_image, extra["amp"] = _seconds_per_image(base)
         n_val = round(base["val_split"] * info.num_train)
-        epochs, n = plan(per_image, info.num_train - n_val, info.num_test, n_val)
-        msg = f"training {epochs} epoch(s)"
-        if n < info.num_train:
+        n_train = info.num_train - n_val         # the rest is held out to pick the best epoch
+        epochs, n = plan(per_image, n_train, info.num_test, n_val)
+        msg = f"training {epochs} epoch(s) on {n_train} images, {n_val} held out for validation"
+        if n < n_train:
             extra["train_subset"] = n
             extra.setdefault("batch_size", 32)   # more, smaller steps: a few hundred images still learn
-            msg += f" on {n} of the {info.num_train} images (a slow or busy machine)"
+            msg = f"training {epochs} epoch(s) on {n} of the {n_train} training images (a slow or busy machine)"
         precision = "bf16" if extra["amp"] else "fp32"
-        print(f"about {per_image * info.num_train:.0f}s per epoch on this machine ({torch.get_num_threads()} "
+        print(f"about {per_image * n_train:.0f}s per epoch on this machine ({torch.get_num_threads()} "
               f"thread(s), {precision}): {msg}\n")
     cfg = prepare_run(out, "small", {"data": data, "epochs": epochs, "threads": threads,
                                      "warmup_epochs": min(1, epochs / 4), **extra})
@@ -119,6 +120,7 @@ def demo(output=None, epochs: int | None = None, *, data: str = "fashion-mnist-b
                 for k, m in (("train", trained), ("deploy", deployed))}
 
     print("\n=== result ===")
+    print(f"weights of epoch {summary['best_epoch']}, picked on {summary['selection']}")
     print(f"test top-1 ({info.num_test:,} images): train-time {summary['train_top1']:.2f}%  ->  fused plain model "
           f"{summary['deploy_top1']:.2f}%;  identical predictions on {summary['agreement_pct']:.2f}% "
           f"(max logit difference {summary['max_logit_diff']:.1e})")
@@ -129,7 +131,8 @@ def demo(output=None, epochs: int | None = None, *, data: str = "fashion-mnist-b
         print(f"{name:24}{t['train'] * 1e3:>22.2f}{t['deploy'] * 1e3:>16.2f}{t['train'] / t['deploy']:>9.2f}x")
     print(f"\nfiles in {out}/:")
     print("  deploy.safetensors   fused plain model (load: repvgg.model_from_checkpoint)")
-    print("  best.safetensors     best train-time weights;  last.*  resumable state (--resume)")
+    print("  best.safetensors     train-time weights of the epoch picked on the validation split;  last.*  "
+          "resumable state (--resume)")
     print("  curves.png  metrics.csv  metrics.jsonl  train.log  confusion.png  config.yaml  summary.json")
     print(f"next: repvgg eval --checkpoint {out}/deploy.safetensors --data {data}")
     print(f"demo finished in {(time.perf_counter() - t_start) / 60:.1f} min")
