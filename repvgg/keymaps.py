@@ -95,3 +95,61 @@ def rename_key(key: str, naming: str) -> str:
 def to_ours(state_dict: Mapping, naming: str) -> dict:
     """Rename every key of a ``naming`` state dict to our naming (values untouched)."""
     return {rename_key(k, naming): v for k, v in state_dict.items()}
+
+
+# Our keys -> theirs, the reverse of RENAMES, for writing checkpoints their code loads strictly.
+EXPORT_RENAMES: dict[str, list[tuple[str, str | Callable]]] = {
+    "repvgg": [],
+    "official": [
+        (r"^stem\.", "stage0."),
+        (r"^stages\.(\d+)\.", lambda m: f"stage{int(m[1]) + 1}."),
+        (r"\.conv3x3\.", ".rbr_dense."),
+        (r"\.conv1x1\.", ".rbr_1x1."),
+        (r"\.identity\.bn\.", ".rbr_identity."),
+        (r"\.fused\.", ".rbr_reparam."),
+        (r"\.se\.reduce\.", ".se.down."),
+        (r"\.se\.expand\.", ".se.up."),
+        (r"^head\.fc\.", "linear."),
+    ],
+    "timm": [
+        (r"\.conv3x3\.", ".conv_kxk."),
+        (r"\.conv1x1\.", ".conv_1x1."),
+        (r"\.identity\.bn\.", ".identity."),
+        (r"\.fused\.", ".reparam_conv."),
+        (r"\.se\.reduce\.", ".attn.fc1."),
+        (r"\.se\.expand\.", ".attn.fc2."),
+    ],
+    "mmpretrain": [
+        (r"^stages\.(\d+)\.", lambda m: f"stage_{int(m[1]) + 1}."),
+        (r"\.conv3x3\.bn\.", ".branch_3x3.norm."),
+        (r"\.conv1x1\.bn\.", ".branch_1x1.norm."),
+        (r"\.conv3x3\.", ".branch_3x3."),
+        (r"\.conv1x1\.", ".branch_1x1."),
+        (r"\.identity\.bn\.", ".branch_norm."),
+        (r"\.fused\.", ".branch_reparam."),
+        (r"\.se\.reduce\.", ".se_layer.conv1.conv."),
+        (r"\.se\.expand\.", ".se_layer.conv2.conv."),
+        (r"^(?!head\.)", "backbone."),          # the classifier head stays outside the backbone
+    ],
+}
+_EXPORT = {name: [(re.compile(p), r) for p, r in rules] for name, rules in EXPORT_RENAMES.items()}
+# Parts of our keys that only the paper's block has names for elsewhere (variants do not export).
+_OURS_ONLY = re.compile(r"\.(post_bn|conv3x1|conv1x3|dirac_alpha|dirac_beta)\.|\.identity\.(weight|bias|running)")
+
+
+def from_ours(state_dict: Mapping, naming: str) -> dict:
+    """Rename our keys to ``naming``'s; refuses keys that naming has no place for (block variants)."""
+    if naming not in _EXPORT:
+        raise ValueError(f"unknown naming {naming!r}; choose one of {', '.join(_EXPORT)}")
+    out = {}
+    for key, value in state_dict.items():
+        if naming != "repvgg" and _OURS_ONLY.search("." + key):
+            raise ValueError(f"{key}: a block variant that {naming}'s RepVGG does not have; only the paper's "
+                             "block (block='repvgg') exports to other namings")
+        new = key
+        for rx, repl in _EXPORT[naming]:
+            new = rx.sub(repl, new)
+        out[new] = value
+    if naming != "repvgg" and to_ours(out, naming).keys() != state_dict.keys():
+        raise ValueError(f"the {naming} naming does not round-trip these keys; not written")
+    return out

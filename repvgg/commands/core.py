@@ -42,7 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verify", action="store_true",
                    help="compare both forms on random input (float64 and float32); write nothing above tolerance")
     p.add_argument("--verify-size", type=int, default=64, help="image size of the random verification input")
-    p.add_argument("--format", choices=["safetensors", "pth"], help="default: from OUT's extension, else safetensors")
+    p.add_argument("--format", choices=["safetensors", "pth"], help="default: from OUT's extension")
+    p.add_argument("--to", default="repvgg", choices=("repvgg", "official", "timm", "mmpretrain"),
+                   help="key naming of OUT: ours, or the official release's / timm's / mmpretrain's, so their "
+                        "code loads it (strict); only zoo shapes with the paper's block")
+    p.add_argument("--form", default="deploy", choices=("deploy", "train"),
+                   help="deploy: fuse (default); train: keep the branches (to go on training elsewhere)")
     p.set_defaults(func=cmd_convert)
 
 
@@ -95,7 +100,7 @@ def cmd_convert(args) -> int:
     overrides = model_overrides(args)
     report = convert_checkpoint(
         args.src, args.dst, model=overrides.pop("name", None), verify=args.verify, fmt=fmt,
-        image_size=args.verify_size, **overrides,
+        image_size=args.verify_size, to=args.to, form=args.form, **overrides,
     )
     print(f"{args.src}: {report['model']} (from {report['model_from']}), {report['naming']} naming")
     if report.get("already_deployed"):
@@ -107,5 +112,6 @@ def cmd_convert(args) -> int:
     if not report["ok"]:
         print(f"repvgg convert: verification failed; {args.dst} not written", file=sys.stderr)
         return 1
-    print(f"wrote {args.dst} (deploy form)")
+    naming = "" if args.to == "repvgg" else f", {args.to} naming"
+    print(f"wrote {args.dst} ({args.form} form{naming})")
     return 0
