@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from repvgg.ablate import all_variants, run_ablation  # noqa: E402
+from repvgg.train.ablate import all_variants, run_ablation  # noqa: E402
 
 NOTE = "final epoch (no selection), re-derived from metrics.jsonl on 2026-12-04"
 

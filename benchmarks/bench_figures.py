@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     for r in result["rows"]:
         if "optimize_info" in r:
             print(r["label"], "->", r["optimize_info"])
-    write_results(stem, result, title=f"issue 5 figures ({result['environment']['device']})")
+    write_results(stem, result, title=f"RepVGG-A0 vs baselines ({result['environment']['device']})")
     # The .md gets the figures table too (write_results wrote rows + settings).
     md = stem.with_suffix(".md")
     extra = "\n## Figures\n\n" + "\n".join(lines) + "\n"

@@ -85,8 +85,16 @@ def plot_curves(series: list[tuple[str, list[float], list[float], str]], path: P
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    from repvgg.fileio import atomic_savefig
+
+    atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
+
+
+def machine_line(hw: dict, cfg: dict) -> str:
+    """The second title line of a curve: where it ran and with which batch (a plot says both)."""
+    where = hw.get("gpu") or f"{hw.get('cpu', '?')}, {hw.get('cores', '?')} cores, {hw.get('torch_threads', '?')} thread(s)"
+    return f"{where}; batch {cfg.get('batch_size', '?')}, {cfg.get('amp') or 'fp32'}"
 
 
 def main() -> int:
@@ -204,7 +212,8 @@ def report(args, out: Path, stem: Path, cmd: list[str], rc, wall, started: str, 
     if rows:
         plot_curves([(args.block, [r["elapsed_s"] / 60 for r in rows], [r.get("test_top1") for r in rows], "o-")],
                     stem.parent / f"{stem.name}_curve.png",
-                    f"{model_desc} ({args.block}), recipe {args.recipe}: Fashion-MNIST test top-1", args.target)
+                    f"{model_desc} ({args.block}), recipe {args.recipe}: Fashion-MNIST test top-1 vs training time\n"
+                    f"{machine_line(result['hardware'], cfg)}", args.target)
     if args.report_only:
         timing = f"training time (last epoch's elapsed) {wall / 60:.1f} min"
     elif args.resume:

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling script, however this one is loaded
-from train_fashion_mnist import plot_curves  # noqa: E402
+from train_fashion_mnist import machine_line, plot_curves  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MUST_MATCH = ("recipe", "model", "depths", "epochs", "cpu", "torch")
@@ -35,13 +35,17 @@ def load(tag: str) -> dict:
         raise SystemExit(f"run '{tag}' did not finish (exit code {r.get('exit_code')}): not comparable")
     cfg = yaml.safe_load(r["config"])
     rows = r["time_to_accuracy"]
+    fin = dict(r["final"])
+    if "selection" not in fin and str(fin.get("best_epoch")) != str(rows[-1]["epoch"]):
+        # kept by test top-1 (the trainer before 2026-12-04): report the final epoch, selected by nothing
+        fin["train_top1"] = fin["deploy_top1"] = rows[-1]["test_top1"]
     return dict(tag=tag, block=r["block"], recipe=r["recipe"], model=r["model"], depths=cfg.get("depths"),
                 epochs=cfg["epochs"], seed=cfg["seed"], amp=cfg["amp"], cpu=r["hardware"]["cpu"],
                 torch=r["versions"]["torch"],
                 wall_min=r["wall_s"] / 60, train_min=rows[-1]["elapsed_s"] / 60,
                 img_s=statistics.median(x["img_per_s"] for x in rows),
-                train_top1=r["final"]["train_top1"], deploy_top1=r["final"]["deploy_top1"],
-                agreement=r["final"]["agreement_pct"], rows=rows)
+                train_top1=fin["train_top1"], deploy_top1=fin["deploy_top1"], agreement=fin["agreement_pct"],
+                hardware=r["hardware"], batch=cfg.get("batch_size"), rows=rows)
 
 
 def check_comparable(runs: list[dict]) -> None:
@@ -93,7 +97,9 @@ def main() -> int:
           f"{r0['epochs']} epochs, Fashion-MNIST 60k/10k", "",
           f"- command: `python {' '.join(sys.argv)}` (from the runs' own results files)",
           f"- hardware: {r0['cpu']}, torch {r0['torch']}; every run on the same kind of host",
-          "- top-1 is on the full 10k test set, best epoch's (EMA) weights, deploy form = fused plain model", "",
+          "- top-1 is on the full 10k test set, of the (EMA) weights picked on a validation split, or of the final "
+          "epoch for runs made before 2026-12-04 (which had picked on the test set); deploy form = fused plain "
+          "model", "",
           *table(runs), "", *mean_lines, ""]
     if "repvgg" in stats and "plain" in stats:
         d = stats["repvgg"]["top1"] - stats["plain"]["top1"]
@@ -103,7 +109,9 @@ def main() -> int:
     (RESULTS / f"{args.out}.md").write_text("\n".join(md) + "\n")
     plot_curves([(f"{r['block']} seed {r['seed']}", [x["elapsed_s"] / 60 for x in r["rows"]],
                   [x["test_top1"] for x in r["rows"]], "o-" if r["block"] == "repvgg" else "s--") for r in runs],
-                RESULTS / f"{args.out}.png", f"{r0['model']}, recipe {r0['recipe']}: RepVGG vs plain blocks", ymin=88)
+                RESULTS / f"{args.out}.png", f"{r0['model']}, recipe {r0['recipe']}: RepVGG vs plain blocks, test top-1 "
+                f"vs training time\n{machine_line(r0['hardware'], {'batch_size': r0['batch'], 'amp': r0['amp']})}",
+                ymin=88)
     print("\n".join(md))
     return 0
 

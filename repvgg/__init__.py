@@ -4,7 +4,8 @@ Public API: create_model, list_models, list_blocks, reparameterize, load_checkpo
 save_checkpoint, optimize_for_inference.
 """
 from .blocks import BLOCKS, NotConvertibleError, RepVGGBlock
-from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, read_metadata, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
+from .rebuild import model_from_checkpoint
 from .factory import create_model, list_models
 from .model import RepVGG, RepVGGFeatures
 from .optimize import optimize_for_inference

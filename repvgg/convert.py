@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .checkpoint import (build_args_for, format_from_suffix, is_deploy_form, load_state_dict, normalize_state_dict,
-                         read_checkpoint, save_checkpoint)
+from .checkpoint import (format_from_suffix, is_deploy_form, load_state_dict, normalize_state_dict, read_checkpoint,
+                         save_checkpoint)
+from .rebuild import build_args_for
 from .factory import create_model
 from .reparam import reparameterize
 

@@ -1,4 +1,7 @@
-"""timm-style entry points: ``create_model`` and ``list_models``."""
+"""timm-style entry points: ``create_model`` and ``list_models``.
+
+The top of the core's one-way flow: build (construction) <- checkpoint <- rebuild, hub <- factory.
+"""
 from __future__ import annotations
 
 import fnmatch
@@ -7,9 +10,12 @@ from os import PathLike
 
 import torch.nn as nn
 
-from .archs import ARCHS, canonical_name, resize_arch
-from .model import RepVGG, RepVGGFeatures
-from .reorg import ResidualReorg
+from .archs import ARCHS, canonical_name
+from .build import build_model
+from .checkpoint import load_state_dict, read_checkpoint
+from .hub import load_pretrained
+from .model import RepVGGFeatures
+from .rebuild import saved_shape
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -54,28 +60,13 @@ def create_model(
         raise ValueError("pretrained weights exist only for the zoo shapes; drop width/channels/depths")
     state = None
     if checkpoint is not None:
-        from .checkpoint import read_checkpoint, saved_shape
-
         state, meta = read_checkpoint(checkpoint)
         width, channels, depths, deploy = saved_shape(state, meta, canonical, width, channels, depths, deploy)
-    deploy = bool(deploy)
-    arch = resize_arch(ARCHS[canonical], width, channels, depths)
-    cls = ResidualReorg if kwargs.get("block") == "residual_reorg" else RepVGG  # a network, not a block
-    model = cls(arch, num_classes=num_classes, in_chans=in_chans, deploy=deploy, **kwargs)
-    # What rebuilds this model: saved in checkpoint metadata so a file says what it holds.
-    resized = {"width": width} if width != 1 else {}
-    if channels is not None:
-        resized = {"channels": [int(c) for c in channels]}
-    if depths is not None:
-        resized["depths"] = list(arch.depths)
-    model.build_args = dict(name=canonical, num_classes=num_classes, in_chans=in_chans, **resized, **kwargs)
+    model = build_model(canonical, num_classes, in_chans, bool(deploy), width=width, channels=channels,
+                        depths=depths, **kwargs)
     if pretrained:
-        from .hub import load_pretrained
-
         model = load_pretrained(model, canonical)
     if state is not None:
-        from .checkpoint import load_state_dict
-
         model = load_state_dict(model, state, source=str(checkpoint))
     if features_only:
         return RepVGGFeatures(model, out_indices)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import repvgg
-from repvgg import ablate
+from repvgg.train import ablate
 from repvgg.archs import ARCHS
 from repvgg.cli import main
 from repvgg.data import InMemoryDataset

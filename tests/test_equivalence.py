@@ -1,6 +1,5 @@
 """Train form == deploy form, the hard way: eval mode, randomized BN, odd channels, groups,
 strides, dilation, every block variant that claims to be convertible, and every model in the zoo."""
-import itertools
 
 import pytest
 import torch

@@ -15,6 +15,7 @@ from repvgg import checkpoint as ckpt
 from repvgg.cli import main
 from repvgg.deploy.prune import prune_model, save_pruned
 from repvgg.evaluate import compare_predictions
+from repvgg.rebuild import GuessedArchitectureWarning
 from repvgg.threads import choose_threads
 from tests.conftest import randomize_bn_, rel_err
 from tests.test_train import make_tiny_fmnist, tiny_overrides
@@ -122,6 +123,13 @@ def test_train_log_says_how_many_threads_and_why(tmp_path, tiny):
     assert "CPU threads per process:" in log and "thread(s)" in log
 
 
+def test_bench_says_how_many_threads(capsys):
+    argv = ["bench", "--models", "repvgg_a0", "--form", "deploy", "--batch-size", "1", "--image-size", "32",
+            "--repeats", "1", "--warmup", "0", "--iters", "1", "--no-memory", "--threads", "1", "--out", ""]
+    assert main(argv) == 0
+    assert "threads: 1 thread(s), as set" in capsys.readouterr().out
+
+
 # ------------------------------------------------------------------ 4. files others can read
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_written_files_follow_the_umask(tmp_path, umask):
@@ -147,14 +155,14 @@ def test_plain_state_dict_says_what_was_guessed_and_takes_build_flags(tmp_path, 
     src = tmp_path / "plain.pth"
     torch.save(model.state_dict(), src)
     x = torch.randn(2, 3, 28, 28)
-    with pytest.warns(ckpt.GuessedArchitectureWarning, match="small_input"):
+    with pytest.warns(GuessedArchitectureWarning, match="small_input"):
         repvgg.model_from_checkpoint(src, name="repvgg_a0", width=0.25)
     out = tmp_path / "fused.safetensors"
     assert main(["convert", str(src), str(out), "--model", "repvgg_a0"]) == 2   # width is not in the zoo shapes
     capsys.readouterr()
     from repvgg.convert import convert_checkpoint
 
-    with pytest.warns(ckpt.GuessedArchitectureWarning, match="small_input=False"):
+    with pytest.warns(GuessedArchitectureWarning, match="small_input=False"):
         convert_checkpoint(src, out, model="repvgg_a0", width=0.25)
     assert rel_err(repvgg.model_from_checkpoint(out)(x), model(x)) > 1e-2      # the guess was wrong...
     convert_checkpoint(src, out, model="repvgg_a0", width=0.25, small_input=True)
@@ -200,7 +208,8 @@ def test_pruned_checkpoint_loads_everywhere(tmp_path, capsys):
         assert loaded.is_deployed and rel_err(loaded.eval()(x), ref) < 1e-6
     assert main(["eval", "--checkpoint", str(path), "--data", "fashion-mnist-builtin", "--threads", "1",
                  "--output", str(tmp_path)]) == 0
-    assert "top-1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "top-1" in out and "CPU threads: 1 thread(s), as set" in out
 
 
 # ------------------------------------------------------------------ 8. selection on a validation split

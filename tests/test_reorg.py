@@ -10,7 +10,8 @@ import torch.nn.functional as F
 import repvgg
 from repvgg.archs import get_arch
 from repvgg.blocks import RepVGGBlock
-from repvgg.checkpoint import model_from_checkpoint, read_metadata, save_checkpoint
+from repvgg.checkpoint import read_metadata, save_checkpoint
+from repvgg.rebuild import model_from_checkpoint
 from repvgg.reorg import ConvNormAct, ResidualBlock, ResidualReorg, reorg_depths
 from tests.conftest import randomize_bn_, rel_err
 

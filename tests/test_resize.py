@@ -4,7 +4,8 @@ import torch
 
 import repvgg
 from repvgg.archs import ARCHS, resize_arch
-from repvgg.checkpoint import model_from_checkpoint, save_checkpoint
+from repvgg.checkpoint import save_checkpoint
+from repvgg.rebuild import model_from_checkpoint
 from tests.conftest import randomize_bn_
 
 

@@ -8,7 +8,8 @@ import yaml
 from safetensors.torch import load_file
 
 from repvgg import create_model
-from repvgg.checkpoint import model_from_checkpoint, read_metadata
+from repvgg.checkpoint import read_metadata
+from repvgg.rebuild import model_from_checkpoint
 from repvgg.cli import main
 from repvgg.data import read_idx, write_idx
 from repvgg.data.fashion_mnist import BUILTIN_DIR
@@ -266,7 +267,7 @@ def test_gradient_checkpointing_matches_plain_backward():
 
 def test_train_subset_keeps_the_augmentation_settings():
     from repvgg.data import build_datasets
-    from repvgg.train.loop import _subset
+    from repvgg.data import train_subset as _subset
 
     train, _, _ = build_datasets("fashion-mnist-builtin", crop_padding=1, erasing=0.4)
     sub = _subset(train, 50, seed=0)

@@ -100,7 +100,7 @@ def write_results(stem: str | Path, result: dict, title: str = "RepVGG benchmark
     write_text(paths[1], buf.getvalue())
     write_text(paths[2], f"# {title}\n\n{markdown_table(rows)}\n\n{settings_text(result)}\n")
     png = stem.with_suffix(".png")
-    if scatter_png(png, rows, result["environment"], title):
+    if scatter_png(png, rows, result["environment"], title, result.get("settings")):
         paths.append(png)
     return paths
 
@@ -112,8 +112,12 @@ def settings_text(result: dict) -> str:
     return "\n".join(lines)
 
 
-def scatter_png(path: Path, rows: list[dict], env: dict, title: str) -> bool:
-    """Paper top-1 (labelled as the paper's) against our measured images/s, like the paper's Fig. 1."""
+def scatter_png(path: Path, rows: list[dict], env: dict, title: str, settings: dict | None = None) -> bool:
+    """Paper top-1 (labelled as the paper's) against our measured images/s, like the paper's Fig. 1.
+
+    The title says what is plotted; a second line gives the hardware, batch, image size and dtype.
+    Labels are placed one by one where they overlap neither a point nor an earlier label.
+    """
     pts = [r for r in rows if r.get("paper_top1") is not None and r["form"] != "train"]
     if not pts:
         return False
@@ -122,21 +126,56 @@ def scatter_png(path: Path, rows: list[dict], env: dict, title: str) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 5))
+    s = settings or {}
+    device = env.get("gpu") or f"{env.get('cpu')}, {env.get('cpu_count')} cores, {env.get('torch_threads')} thread(s)"
+    fig, ax = plt.subplots(figsize=(8, 5.5))
     for group, marker, color in (("repvgg", "o", "tab:red"), ("baseline", "s", "tab:blue"), ("timm", "^", "tab:green")):
         sel = [r for r in pts if r["kind"] == group]
         if sel:
             ax.scatter([r["images_per_s"] for r in sel], [r["paper_top1"] for r in sel], marker=marker,
-                       color=color, label=group)
-        for r in sel:
-            ax.annotate(r["name"], (r["images_per_s"], r["paper_top1"]), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel(f"measured images/s ({env.get('gpu') or env.get('cpu')}, {rows[0]['dtype']})")
-    ax.set_ylabel("ImageNet top-1 (%), the paper's Tables 4/5")
-    ax.set_title(title, fontsize=10)
+                       color=color, label={"repvgg": "RepVGG (deploy form)", "baseline": "torchvision baselines",
+                                           "timm": "timm"}[group])
+    ax.set_xlabel("measured inference throughput (images/s, median of interleaved repeats)")
+    ax.set_ylabel("ImageNet top-1 (%), from the paper's Tables 4-5")
+    ax.set_title(f"{title}: accuracy vs. speed (paper Fig. 1 style)\n{device}; batch {s.get('batch_size', '?')}, "
+                 f"{s.get('image_size', '?')} px, {rows[0]['dtype']}", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="lower right", fontsize=8)
+    _place_labels(fig, ax, [(r["images_per_s"], r["paper_top1"], r["name"]) for r in pts])
     fig.tight_layout()
     atomic_savefig(fig, path, format="png", dpi=120)
     plt.close(fig)
     return True
+
+
+_OFFSETS = [(5, 4), (5, -11), (-5, 4), (-5, -11), (5, 14), (5, -21), (-5, 14), (-5, -21), (5, 24), (-5, 24),
+            (5, -31), (-5, -31)]
+
+
+def _place_labels(fig, ax, points: list[tuple[float, float, str]]) -> None:
+    """Annotate each point at the first offset whose text box overlaps no point or earlier label."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    taken = [ax.transData.transform((x, y)) for x, y, _ in points]
+    dots = [matplotlib_bbox(px, py, 4) for px, py in taken]
+    boxes = []
+    for x, y, text in sorted(points, key=lambda p: -p[1]):
+        for dx, dy in _OFFSETS:
+            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=7,
+                              ha="left" if dx > 0 else "right")
+            box = ann.get_window_extent(renderer).expanded(1.05, 1.15)
+            if not any(box.overlaps(b) for b in boxes + dots) and ax.bbox.contains(box.x0, box.y0) \
+                    and ax.bbox.contains(box.x1, box.y1):
+                boxes.append(box)
+                break
+            ann.remove()
+        else:   # nowhere free: the first choice, with a leader line so it stays readable
+            ann = ax.annotate(text, (x, y), xytext=(12, 12), textcoords="offset points", fontsize=7,
+                              arrowprops=dict(arrowstyle="-", lw=0.5, color="grey"))
+            boxes.append(ann.get_window_extent(renderer))
+
+
+def matplotlib_bbox(px: float, py: float, r: float):
+    from matplotlib.transforms import Bbox
+
+    return Bbox([[px - r, py - r], [px + r, py + r]])

@@ -1,4 +1,4 @@
-"""Verb `ablate`: the paper's Tables 6-7 on your data (library: repvgg.ablate.run_ablation)."""
+"""Verb `ablate`: the paper's Tables 6-7 on your data (library: repvgg.train.ablate.run_ablation)."""
 from __future__ import annotations
 
 import os
@@ -41,7 +41,7 @@ def parse_settings(items: list[str]) -> dict:
 
 
 def run(args) -> int:
-    from ..ablate import run_ablation
+    from ..train.ablate import run_ablation
     from ..bench.report import cpu_name
     from ..train import TrainingInterrupted
 

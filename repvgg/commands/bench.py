@@ -69,6 +69,6 @@ def run(args) -> int:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d_%H%M%S")
         args.out = Path("benchmarks/results") / f"bench_{kind}_{stamp}"
     if str(args.out):
-        for path in write_results(args.out, result, title=f"repvgg bench ({result['environment']['device']})"):
+        for path in write_results(args.out, result, title=f"RepVGG zoo vs baselines ({result['environment']['device']})"):
             print(f"wrote {path}")
     return 0

@@ -1,6 +1,7 @@
 """The one entry point for `--data` specs: build_datasets(), plus build_loader()."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -124,8 +125,6 @@ def split_validation(train_ds, test_ds, fraction: float, seed: int):
     shown the way test images are (``test_ds``'s transforms: no augmentation). In-memory data and
     ImageFolder data both keep their own dataset type, so ``build_loader`` takes either part.
     """
-    import copy
-
     if not 0 < fraction < 1:
         raise ValueError(f"val_split must be a fraction in (0, 1) of the training set (0 = none), got {fraction}")
     targets = torch.as_tensor(train_ds.targets)
@@ -153,3 +152,15 @@ def split_validation(train_ds, test_ds, fraction: float, seed: int):
             part.root = train_ds.root
         return train, val
     raise TypeError(f"split_validation: unsupported dataset type {type(train_ds).__name__}")
+
+
+def train_subset(ds, n: int, seed: int):
+    """The first n of a seeded permutation of an in-memory training set (quick runs, the demo)."""
+    if not isinstance(ds, InMemoryDataset):
+        raise ValueError("train_subset works with in-memory data (fashion-mnist, cifar), not imagefolder")
+    if not 0 < n <= len(ds):
+        raise ValueError(f"train_subset={n} must be in 1..{len(ds)}")
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    sub = copy.copy(ds)  # every augmentation setting (crop padding, erasing, ...) carries over
+    sub.images, sub.targets = ds.images[idx], ds.targets[idx]
+    return sub

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..rebuild import model_from_checkpoint
 from ..reparam import reparameterize
 
 
@@ -35,7 +36,7 @@ def load_model(checkpoint: str | os.PathLike, log: Callable[[str], None] = print
         if name is not None and model.build_args.get("name") != _canonical(name):
             raise ValueError(f"checkpoint {path} holds a pruned {model.build_args.get('name')}, not {name}")
         return model.eval()
-    model = ckpt.model_from_checkpoint(path, **overrides)
+    model = model_from_checkpoint(path, **overrides)
     if not getattr(model, "is_deployed", True):
         n = sum(1 for m in model.modules() if getattr(m, "deploy", None) is False)
         log(f"note: {path.name} is a train-time checkpoint; re-parameterized {n} blocks into "

@@ -203,7 +203,8 @@ def load_pruned(path: str | os.PathLike) -> nn.Module:
     Files record their per-stage widths as ``channels`` in the build args; files from before that
     only have per-layer ``pruned_widths``, turned into per-stage channels here.
     """
-    from ..checkpoint import CheckpointError, model_from_checkpoint, read_metadata
+    from ..checkpoint import CheckpointError, read_metadata
+    from ..rebuild import model_from_checkpoint
 
     meta = read_metadata(path) or {}
     args, widths = meta.get("build_args"), meta.get("pruned_widths")

@@ -72,7 +72,7 @@ def _time_forward(models: dict, x: torch.Tensor, repeats: int) -> dict:
 def demo(output=None, epochs: int | None = None, *, data: str = "fashion-mnist-builtin",
          overrides: dict | None = None) -> dict:
     """Run the demo; `data`/`overrides` exist for tests (tiny data), users need no arguments."""
-    from ..checkpoint import model_from_checkpoint
+    from ..rebuild import model_from_checkpoint
     from ..data import build_datasets
     from .config import resolve_config
     from .loop import train

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import model_from_checkpoint, read_metadata
+from ..checkpoint import read_metadata
+from ..rebuild import model_from_checkpoint
 from ..data import build_datasets, build_loader
 from ..evaluate import evaluate, format_report, save_confusion_png
 from ..reparam import reparameterize

@@ -10,7 +10,6 @@ the full test set; a difference beyond floating-point ties raises.
 """
 from __future__ import annotations
 
-import copy
 import json
 import signal
 import sys
@@ -22,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..checkpoint import load_checkpoint, read_metadata, save_checkpoint
-from ..data import build_datasets, build_loader, split_validation
+from ..data import build_datasets, build_loader, split_validation, train_subset
 from ..evaluate import evaluate
 from ..factory import create_model
 from . import distributed as D
@@ -52,20 +51,6 @@ def resolve_device(name: str, d: D.Dist) -> torch.device:
     return torch.device("cpu")
 
 
-def _subset(ds, n: int, seed: int):
-    """The first n of a seeded permutation of an in-memory training set (quick runs, the demo)."""
-    from ..data import InMemoryDataset
-
-    if not isinstance(ds, InMemoryDataset):
-        raise ValueError("train_subset works with in-memory data (fashion-mnist, cifar), not imagefolder")
-    if not 0 < n <= len(ds):
-        raise ValueError(f"train_subset={n} must be in 1..{len(ds)}")
-    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    sub = copy.copy(ds)  # every augmentation setting (crop padding, erasing, ...) carries over
-    sub.images, sub.targets = ds.images[idx], ds.targets[idx]
-    return sub
-
-
 def _meta(cfg: dict, info, **extra) -> dict:
     return {"dataset": info.name, "class_names": info.class_names, "image_size": info.image_size,
             "mean": list(info.mean), "std": list(info.std), "recipe": cfg.get("recipe"),
@@ -82,6 +67,11 @@ class Trainer:
         # before anything is timed (the bf16 probe): oversubscribed threads run up to 10x slower
         self._threads_note = set_threads(cfg.get("threads"), processes=self.dist.world_size)
         self.device = resolve_device(cfg["device"], self.dist)
+        if self.dist.enabled and self.device.type == "cpu" and cfg["amp"] not in (False, None, "auto"):
+            # bf16 autocast under CPU DDP (gloo) gave intermittent NaN losses with torch 2.x (same
+            # seed: sometimes fine, sometimes NaN); single-process bf16 and fp32 DDP are fine
+            raise ValueError(f"--amp {cfg['amp']} under CPU DDP (torchrun, gloo) gave NaN losses in our tests; "
+                             "train CPU DDP in fp32 (--no-amp) or bf16 in one process")
         if cfg["sync_bn"] and self.dist.enabled and self.device.type != "cuda":
             raise ValueError("sync_bn needs CUDA devices: torch's SyncBatchNorm has no CPU implementation; "
                              "on CPU each process keeps its own BN statistics (set sync_bn: false)")
@@ -102,7 +92,7 @@ class Trainer:
         if cfg["val_split"]:      # held out before any subset: the split is the same at any train_subset
             self.train_ds, self.val_ds = split_validation(self.train_ds, self.test_ds, cfg["val_split"], cfg["seed"])
         if cfg.get("train_subset"):
-            self.train_ds = _subset(self.train_ds, int(cfg["train_subset"]), cfg["seed"])
+            self.train_ds = train_subset(self.train_ds, int(cfg["train_subset"]), cfg["seed"])
         self.info.num_train = len(self.train_ds)
         r, w = self.dist.rank, self.dist.world_size
         self.train_loader = build_loader(self.train_ds, cfg["batch_size"], train=True, seed=cfg["seed"],
@@ -126,11 +116,8 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         self.amp, self._amp_note = self._resolve_amp(resume)
         if self.amp is not None and self.dist.enabled and self.device.type == "cpu":
-            # bf16 autocast under CPU DDP (gloo) gave intermittent NaN losses in our tests with
-            # torch 2.x (same seed: sometimes fine, sometimes NaN); single-process bf16 and fp32
-            # DDP are fine. Until that is understood, CPU DDP trains in fp32.
-            if self.dist.is_main:
-                print("note: --amp is ignored under CPU DDP (gloo); training in fp32", file=sys.stderr)
+            if self.dist.is_main:    # `auto` only: an explicit dtype was refused above
+                print("note: amp auto trains in fp32 under CPU DDP (gloo): bf16 gave NaN losses there", file=sys.stderr)
             self.amp = None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.ema = ModelEma(self.model, cfg["ema_decay"]) if cfg["ema"] else None

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import model_from_checkpoint, read_metadata, save_checkpoint
+from ..checkpoint import read_metadata, save_checkpoint
+from ..rebuild import model_from_checkpoint
 from ..data import build_loader
 from ..evaluate import compare_predictions, evaluate, format_report, save_confusion_png
 from ..reparam import reparameterize

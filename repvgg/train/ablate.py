@@ -1,6 +1,6 @@
 """Rerun the paper's ablations (Tables 6-7): every block variant, same recipe, several seeds.
 
-    from repvgg.ablate import run_ablation
+    from repvgg.train.ablate import run_ablation
     rows = run_ablation("runs/ablation", model="repvgg_a0", data="fashion-mnist", seeds=3)
 
 Each (variant, seed) trains with :mod:`repvgg.train` in ``OUT/runs/VARIANT/seedK/`` and ends with
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from . import list_blocks
-from .archs import ARCHS, canonical_name, resize_arch
-from .blocks import BLOCKS
-from .fileio import atomic_write_text
+from .. import list_blocks
+from ..archs import ARCHS, canonical_name, resize_arch
+from ..blocks import BLOCKS
+from ..fileio import atomic_savefig, atomic_write_text
 
 # The paper's ImageNet top-1 (%) of RepVGG-B0 trained 120 epochs (Tables 6 and 7). QARepVGG is not
 # in the paper. Quoted for the ORDERING only: other data, model size and schedule than ours.
@@ -81,7 +81,7 @@ def _claim(run_dir: Path) -> bool:
 
 def _speeds(trained: torch.nn.Module, deployed: torch.nn.Module | None, shape, repeats: int = 3) -> dict:
     """Inference images/s of the train-time form and the deploy form, timed interleaved (fp32)."""
-    from .bench.timing import Protocol, time_interleaved
+    from ..bench.timing import Protocol, time_interleaved
 
     x = torch.randn(*shape)
     runners = {"train_form": lambda: trained(x)}
@@ -94,11 +94,11 @@ def _speeds(trained: torch.nn.Module, deployed: torch.nn.Module | None, shape, r
 def run_one(variant: str, seed: int, run_dir: Path, recipe: str, overrides: dict, *,
             keep_checkpoints: bool = False, log=print) -> dict | None:
     """Train, evaluate and time one (variant, seed); return its result (None: another process has it)."""
-    from .checkpoint import model_from_checkpoint
-    from .data import build_loader
-    from .evaluate import evaluate
-    from .reparam import reparameterize
-    from .train import Trainer, prepare_run
+    from ..rebuild import model_from_checkpoint
+    from ..data import build_loader
+    from ..evaluate import evaluate
+    from ..reparam import reparameterize
+    from . import Trainer, prepare_run
 
     result_path = run_dir / "result.json"
     if result_path.is_file():
@@ -226,12 +226,14 @@ def write_summary(out: Path, rows: list[dict], header: str) -> list[Path]:
         w.writerow(["" if r[k] is None else r[k] for k in raw_keys] + [" ".join(map(str, r["per_seed"]))])
     atomic_write_text(out / "ablation.csv", buf.getvalue())
     paths = [out / "ablation.md", out / "ablation.csv"]
-    if _bar_chart(out / "ablation.png", rows):
+    lines = header.splitlines()
+    subtitle = "\n".join([lines[0].lstrip("# ")] + [ln.strip(" ") for ln in lines if ln.startswith("Hardware:")])
+    if _bar_chart(out / "ablation.png", rows, subtitle):
         paths.append(out / "ablation.png")
     return paths
 
 
-def _bar_chart(path: Path, rows: list[dict]) -> bool:
+def _bar_chart(path: Path, rows: list[dict], subtitle: str = "") -> bool:
     rows = [r for r in rows if r["seeds"]]
     if not rows:
         return False
@@ -260,11 +262,11 @@ def _bar_chart(path: Path, rows: list[dict]) -> bool:
     b.set_title("the paper's RepVGG-B0, 120 epochs (Tables 6-7); 0 = not in paper")
     for ax in (a, b):
         ax.tick_params(axis="x", rotation=60)
+    if subtitle:   # what was trained, on what data and machine: a plot read alone says it
+        fig.suptitle(subtitle, fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
     return True
 
 
