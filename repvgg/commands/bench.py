@@ -32,7 +32,7 @@ def register(subparsers) -> None:
                    help="also time each deploy model's convs alone, layer by layer, and report the fraction")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: one per idle core)")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory column")
-    p.add_argument("--out", type=Path, default=None,
+    p.add_argument("--out", default=None,
                    help="results stem (default benchmarks/results/bench_<device>_<UTC time>); '' writes nothing")
     p.set_defaults(func=run)
 
@@ -67,8 +67,8 @@ def run(args) -> int:
           f"; load average {s['loadavg_before']} -> {s['loadavg_after']}. Paper columns are the paper's numbers.")
     if args.out is None:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d_%H%M%S")
-        args.out = Path("benchmarks/results") / f"bench_{kind}_{stamp}"
-    if str(args.out):
+        args.out = str(Path("benchmarks/results") / f"bench_{kind}_{stamp}")
+    if args.out:     # '' writes nothing (Path('') would be '.')
         for path in write_results(args.out, result, title=f"RepVGG zoo vs baselines ({result['environment']['device']})"):
             print(f"wrote {path}")
     return 0
