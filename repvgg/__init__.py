@@ -10,6 +10,7 @@ from .factory import create_model, list_models
 from .model import RepVGG, RepVGGFeatures
 from .optimize import optimize_for_inference
 from .reparam import reparameterize
+from .repvggify import repvggify
 
 __version__ = "0.1.0"
 
@@ -22,7 +23,7 @@ def list_blocks() -> dict[str, str]:
 
 
 __all__ = [
-    "create_model", "list_models", "optimize_for_inference", "list_blocks", "reparameterize", "NotConvertibleError",
+    "create_model", "list_models", "repvggify", "optimize_for_inference", "list_blocks", "reparameterize", "NotConvertibleError",
     "RepVGG", "RepVGGBlock", "RepVGGFeatures",
     "load_checkpoint", "save_checkpoint", "model_from_checkpoint", "read_metadata", "CheckpointError",
 ]

@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from .blocks import RepVGGBlock
 from .reorg import ConvNormAct
+from .repvggify import fold_back
 
 # modules whose fuse() returns their deploy form (Residual Reorg's conv-BN layers keep their shortcuts)
 FUSABLE = (RepVGGBlock, ConvNormAct)
@@ -17,7 +18,8 @@ def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
 
     The result computes what ``model.eval()`` computes (BN uses its running statistics; a model
     still in train mode would use batch statistics, which no fixed conv can reproduce). The input
-    is left untouched unless ``inplace=True``. Calling it again on the result changes nothing.
+    is left untouched unless ``inplace=True``. Calling it again on the result changes nothing. A model
+    given branches by :func:`repvgg.repvggify` comes back in its original architecture.
     Raises :class:`repvgg.NotConvertibleError` for branches that are not linear.
     """
     if not inplace:
@@ -25,6 +27,7 @@ def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
     if isinstance(model, FUSABLE):
         return model.fuse().eval()
     _fuse_children(model)
+    fold_back(model)       # repvggified user models: back into their own conv + BN slots (warns in train mode)
     return model.eval()
 
 
