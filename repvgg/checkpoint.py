@@ -244,7 +244,13 @@ def load_state_dict(
     """:func:`load_checkpoint` for an in-memory state dict (any naming, either form).
 
     ``allow_missing``: key prefixes of the model the checkpoint may lack (e.g. ``("head.",)``).
+    A model of another kind (a torchvision net trained here) loads strictly under its own keys.
     """
+    own = _strip_prefixes(dict(state_dict))
+    if detect_naming(own) is None and set(own) == set(model.state_dict()):
+        _check({k: tuple(v.shape) for k, v in model.state_dict().items()}, own, strict, f"checkpoint {source}", model)
+        model.load_state_dict(own)
+        return model
     sd, naming = normalize_state_dict(state_dict, source)
     target = model.state_dict()
     if not any(k.startswith("head.") for k in target):  # a backbone takes a classifier's weights

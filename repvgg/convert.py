@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .checkpoint import (format_from_suffix, is_deploy_form, load_state_dict, normalize_state_dict, read_checkpoint,
+from .checkpoint import (format_from_suffix, is_deploy_form, load_state_dict, read_checkpoint,
                          save_checkpoint)
-from .rebuild import build_args_for
+from .rebuild import build_args_for, state_in_our_naming
 from .factory import create_model
 from .reparam import reparameterize
 
@@ -48,7 +48,7 @@ def convert_checkpoint(
     if form not in ("deploy", "train"):
         raise ValueError(f"form must be 'deploy' or 'train', got {form!r}")
     sd, meta = read_checkpoint(src)
-    ours, naming = normalize_state_dict(sd, str(src))
+    ours, naming = state_in_our_naming(sd, meta, str(src))
     overrides = {"name": model, "num_classes": num_classes, **build_flags}
     args = build_args_for(ours, meta, str(src), overrides)
     has_meta = isinstance(meta.get("build_args"), dict)

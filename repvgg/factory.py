@@ -15,6 +15,7 @@ from .build import build_model
 from .checkpoint import load_state_dict, read_checkpoint
 from .hub import load_pretrained
 from .model import RepVGGFeatures
+from .tvmodels import is_tv_name
 from .rebuild import saved_shape
 
 
@@ -53,7 +54,7 @@ def create_model(
     ``width``/``channels``/``depths`` are given. ``pretrained=True`` loads the official ImageNet weights (downloaded once,
     see :mod:`repvgg.hub`); with another ``num_classes`` the head is left untrained.
     """
-    canonical = canonical_name(name)
+    canonical = name if is_tv_name(name) else canonical_name(name)
     if pretrained and checkpoint is not None:
         raise ValueError("give either pretrained=True or checkpoint=..., not both")
     if pretrained and (width != 1 or channels is not None or depths is not None):

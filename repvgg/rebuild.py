@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from .archs import canonical_name
 from .build import build_model
+from .tvmodels import is_tv_name
 from .checkpoint import (CheckpointError, describe_checkpoint, guess_model, infer_arch, is_deploy_form,
                          load_state_dict, normalize_state_dict, read_checkpoint)
 
@@ -40,11 +41,19 @@ def model_from_checkpoint(path: str | PathLike, **overrides) -> nn.Module:
     if meta.get("int8"):
         raise CheckpointError(f"{path} holds an INT8 program (fp32 weights + calibration statistics), not a model "
                               "checkpoint; load it with repvgg.deploy.quantize_pt2e.load_int8")
-    ours, _ = normalize_state_dict(sd, str(path))
+    ours, _ = state_in_our_naming(sd, meta, str(path))
     deploy = overrides.pop("deploy", None)
     args = build_args_for(ours, meta, str(path), overrides)
     model = build_model(**args, deploy=is_deploy_form(ours) if deploy is None else deploy)
     return load_state_dict(model, ours, source=str(path))
+
+
+def state_in_our_naming(sd: Mapping, meta: Mapping, source: str) -> tuple[dict, str]:
+    """``(state dict, naming)``: a zoo checkpoint renamed to our keys; a torchvision model's as it is."""
+    args = meta.get("build_args")
+    if isinstance(args, dict) and is_tv_name(args.get("name", "")):
+        return dict(sd), "torchvision"
+    return normalize_state_dict(sd, source)
 
 
 def saved_shape(sd: Mapping, meta: Mapping, name: str, width, channels, depths, deploy):
@@ -71,7 +80,7 @@ def build_args_for(sd_ours: Mapping, meta: Mapping, source: str, overrides: Mapp
     that no shape reveals.
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    if "name" in overrides:
+    if "name" in overrides and not is_tv_name(overrides["name"]):
         overrides["name"] = canonical_name(overrides["name"])
     saved = meta.get("build_args")
     if isinstance(saved, dict) and "name" in saved:

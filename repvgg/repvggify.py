@@ -180,6 +180,9 @@ def fold_back(model: nn.Module) -> nn.Module:
             bn.bias.copy_(bias)
         _set(model, name, conv)
         _set(model, rep.bn_slot, bn)
+    args = getattr(model, "build_args", None)
+    if reps and isinstance(args, dict) and args.get("repvggify"):   # it is the plain architecture again
+        model.build_args = {**args, "repvggify": False}
     return model
 
 

@@ -113,3 +113,29 @@ def test_train_mode_bn_is_folded_with_running_statistics_and_said(recwarn):
         with pytest.warns(UserWarning, match="running statistics"):
             fold_back(model)
         assert rel_err(model.eval()(x), ref) <= 1e-9
+
+
+def test_train_a_repvggified_torchvision_model_and_convert_it_back(tmp_path):
+    from repvgg.cli import main
+    from repvgg.tvmodels import build_tv
+    from tests.test_train import make_tiny_fmnist
+
+    data = make_tiny_fmnist(tmp_path / "data", n_train=96, n_test=32)
+    out = tmp_path / "run"
+    assert main(["train", "--model", "tv:resnet18", "--repvggify", "--output", str(out), "--data", "fashion-mnist",
+                 "--data-dir", str(data), "--image-size", "16", "--small-input", "--batch-size", "32", "--epochs", "1",
+                 "--no-amp", "--threads", "1", "--quiet", "--recipe", "small"]) == 0
+    best = repvgg.model_from_checkpoint(out / "best.safetensors")
+    assert sum(isinstance(m, RepConv) for m in best.modules()) == 17     # 16 in the blocks + the 3x3 stem
+    deploy = repvgg.model_from_checkpoint(out / "deploy.safetensors")           # the plain torchvision ResNet
+    assert type(deploy) is torchvision.models.ResNet and not any(isinstance(m, RepConv) for m in deploy.modules())
+    assert main(["convert", str(out / "best.safetensors"), str(tmp_path / "folded.safetensors"), "--verify"]) == 0
+    fresh = build_tv("tv:resnet18", 10, 1, small_input=True)
+    from safetensors.torch import load_file
+
+    fresh.load_state_dict(load_file(tmp_path / "folded.safetensors"), strict=True)
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        assert rel_err(fresh.eval()(x), best.eval()(x)) < 1e-5
+    assert main(["train", "--model", "repvgg_a0", "--repvggify", "--output", str(tmp_path / "x"), "--data",
+                 "fashion-mnist-builtin", "--epochs", "1"]) == 2

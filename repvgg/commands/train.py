@@ -13,7 +13,11 @@ def register(sub) -> None:
                                    "saved as OUTPUT/config.yaml. Under torchrun it runs DDP.")
     p.add_argument("--output", "-o", required=True, help="run folder (checkpoints, metrics, curves, logs)")
     p.add_argument("--recipe", default="normal", help="normal | heavy | small | path to a YAML file")
-    p.add_argument("--model", help="model name, e.g. repvgg_a0 (default: the recipe's)")
+    p.add_argument("--model", help="model name, e.g. repvgg_a0, or a torchvision classifier tv:resnet18 / tv:vgg11_bn "
+                   "(default: the recipe's)")
+    p.add_argument("--repvggify", action="store_true", default=None,
+                   help="with --model tv:NAME: train it with RepVGG branches on every 3x3 conv-BN pair (folded back "
+                        "into the plain torchvision model at the end)")
     p.add_argument("--data", help="fashion-mnist | fashion-mnist-builtin | cifar10 | cifar100 | imagefolder:PATH")
     p.add_argument("--data-dir", help="where the dataset files are")
     p.add_argument("--block", help="block variant (see `repvgg.list_blocks()`), e.g. repvgg, plain")
@@ -92,7 +96,7 @@ def _depths(text: str) -> list[int] | str:
 _OVERRIDE_KEYS = ("model", "data", "data_dir", "block", "width", "depths", "epochs", "batch_size", "lr", "weight_decay",
                   "warmup_epochs", "label_smoothing", "mixup", "aug", "image_size", "seed", "device",
                   "workers", "threads", "amp", "grad_clip", "small_input", "ema", "channels_last", "sync_bn",
-                  "grad_checkpointing", "val_split", "test_every_epoch")
+                  "grad_checkpointing", "val_split", "test_every_epoch", "repvggify")
 
 
 def run_train(args) -> int:

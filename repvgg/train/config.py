@@ -12,6 +12,7 @@ import yaml
 
 from ..archs import check_depths
 from ..fileio import atomic_write_text
+from ..tvmodels import is_tv_name
 
 MODEL_DEPTHS = "model"  # `depths: model` / `--depths model`: the zoo model's own blocks per stage
 
@@ -108,6 +109,7 @@ def check_config(cfg: dict) -> dict:
     positive("width")
     cfg.setdefault("val_split", 0.0)     # runs saved before the split existed resume as they were
     cfg.setdefault("test_every_epoch", False)
+    cfg.setdefault("repvggify", False)
     split = cfg["val_split"]
     if isinstance(split, bool) or not isinstance(split, (int, float)) or not 0 <= split < 1:
         raise ValueError(f"val_split must be a fraction in [0, 1) of the training set, got {split!r}")
@@ -134,6 +136,17 @@ def check_config(cfg: dict) -> dict:
     if cfg["grad_clip"] is not None and cfg["grad_clip"] <= 0:
         raise ValueError(f"grad_clip must be > 0 or null, got {cfg['grad_clip']}")
     return cfg
+
+
+def model_kwargs(cfg: dict) -> dict:
+    """``create_model`` kwargs besides name/classes/channels. A torchvision model (``tv:NAME``) takes
+    the stem and ``repvggify`` only: the zoo's width/depths/block settings of a recipe are not its."""
+    if is_tv_name(cfg["model"]):
+        return dict(small_input=cfg["small_input"], repvggify=bool(cfg.get("repvggify")), drop_rate=cfg["drop_rate"])
+    if cfg.get("repvggify"):
+        raise ValueError("--repvggify gives RepVGG branches to a torchvision model (--model tv:resnet18); "
+                         f"{cfg['model']} has them already")
+    return dict(block=cfg["block"], drop_rate=cfg["drop_rate"], **model_shape_kwargs(cfg))
 
 
 def model_shape_kwargs(cfg: dict) -> dict:

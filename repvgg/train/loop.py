@@ -27,7 +27,7 @@ from ..factory import create_model
 from . import distributed as D
 from ..threads import set_threads
 from .amp import amp_dtype, probe_cpu_amp
-from .config import AUGMENTATION_KEYS, augmentation_kwargs, model_shape_kwargs, save_config
+from .config import AUGMENTATION_KEYS, augmentation_kwargs, model_kwargs, save_config
 from .ema import ModelEma
 from .grad_ckpt import GradCheckpointed
 from .interrupt import StopFlag, TrainingInterrupted
@@ -105,9 +105,8 @@ class Trainer:
             raise ValueError(f"{self.info.num_train} training images give no full batch of "
                              f"{cfg['batch_size']} x {w} rank(s); lower --batch-size")
 
-        self.model = create_model(cfg["model"], num_classes=self.info.num_classes,
-                                  in_chans=self.info.in_chans, block=cfg["block"],
-                                  drop_rate=cfg["drop_rate"], **model_shape_kwargs(cfg)).to(self.device)
+        self.model = create_model(cfg["model"], num_classes=self.info.num_classes, in_chans=self.info.in_chans,
+                                  **model_kwargs(cfg)).to(self.device)
         # on the device before the optimizer exists: a resumed optimizer state follows its params there
         if w > 1:
             torch.manual_seed(cfg["seed"] + r)     # per-rank dropout/mixup streams (DDP syncs weights)
