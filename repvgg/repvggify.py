@@ -53,7 +53,8 @@ class FoldedBN(nn.Identity):
 class RepConv(nn.Module):
     """The original 3x3 conv+BN, a 1x1 conv+BN and an identity BN, summed (RepVGG's block, no ReLU)."""
 
-    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, bn_slot: str, branches=BRANCHES):
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, bn_slot: str, branches=BRANCHES,
+                 keep_function: bool = True):
         super().__init__()
         c = conv
         self.conv3x3 = ConvBN(c.in_channels, c.out_channels, (3, 3), c.stride[0], c.dilation[0], c.groups)
@@ -63,9 +64,10 @@ class RepConv(nn.Module):
             self.conv1x1 = ConvBN(c.in_channels, c.out_channels, (1, 1), c.stride[0], 1, c.groups)
         if "identity" in branches and c.in_channels == c.out_channels and c.stride == (1, 1):
             self.identity = IdentityBranch(c.out_channels, c.groups, bn=True)
-        for branch in (self.conv1x1, self.identity):        # start at zero: the model's function is kept
+        for branch in (self.conv1x1, self.identity):
             if branch is not None:
-                nn.init.zeros_(branch.bn.weight)
+                if keep_function:                   # start at zero: a trained model computes what it did
+                    nn.init.zeros_(branch.bn.weight)
                 branch.bn.to(device=bn.weight.device, dtype=bn.weight.dtype)
         if self.conv1x1 is not None:
             self.conv1x1.conv.to(device=conv.weight.device, dtype=conv.weight.dtype)
@@ -89,8 +91,13 @@ class RepConv(nn.Module):
         return fusion.add_branches(parts)
 
 
-def repvggify(model: nn.Module, *, branches=BRANCHES, inplace: bool = False) -> tuple[nn.Module, RepvggifyReport]:
+def repvggify(model: nn.Module, *, branches=BRANCHES, inplace: bool = False,
+              keep_function: bool = True) -> tuple[nn.Module, RepvggifyReport]:
     """Give every traced 3x3 conv -> BatchNorm2d pair RepVGG branches; return ``(model, report)``.
+
+    ``keep_function`` (for a trained model): the new branches' BN scales start at 0, so the model
+    computes exactly what it did and fine-tunes from there. A model trained from scratch wants
+    ``keep_function=False``: every branch starts with BN's usual scale of 1, as in the paper.
 
     The model keeps its class and code: only the pair's modules are swapped. Raises ValueError
     when nothing can be changed (the model is returned untouched by the caller's copy) and when
@@ -126,7 +133,7 @@ def repvggify(model: nn.Module, *, branches=BRANCHES, inplace: bool = False) -> 
         model = copy.deepcopy(model)
     for conv_name, bn_name in found:
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
-        _set(model, conv_name, RepConv(conv, bn, bn_name, branches))
+        _set(model, conv_name, RepConv(conv, bn, bn_name, branches, keep_function))
         _set(model, bn_name, FoldedBN(bn))
         report.pairs.append((conv_name, bn_name))
     return model, report

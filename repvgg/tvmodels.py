@@ -40,7 +40,7 @@ def build_tv(name: str, num_classes: int = 1000, in_chans: int = 3, *, small_inp
     if repvggify:
         from .repvggify import repvggify as give_branches
 
-        model, _ = give_branches(model, inplace=True)
+        model, _ = give_branches(model, inplace=True, keep_function=False)   # a fresh net: the paper's init
     model.num_classes, model.in_chans = num_classes, in_chans
     model.build_args = dict(name=name, num_classes=num_classes, in_chans=in_chans, small_input=small_input,
                             repvggify=repvggify, drop_rate=drop_rate)
