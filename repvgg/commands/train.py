@@ -28,6 +28,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, help="per process; lr scales with the global batch")
     p.add_argument("--lr", type=float, help="learning rate per 256 images (scaled by global batch / 256)")
     p.add_argument("--weight-decay", type=float)
+    p.add_argument("--custom-l2", action="store_true", default=None,
+                   help="decay each block's equivalent fused kernel (identity branch included) instead of its "
+                        "branch kernels, as the official code's custom L2")
     p.add_argument("--warmup-epochs", type=float)
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--mixup", type=float, help="mixup alpha (0 = off)")
@@ -96,7 +99,7 @@ def _depths(text: str) -> list[int] | str:
 _OVERRIDE_KEYS = ("model", "data", "data_dir", "block", "width", "depths", "epochs", "batch_size", "lr", "weight_decay",
                   "warmup_epochs", "label_smoothing", "mixup", "aug", "image_size", "seed", "device",
                   "workers", "threads", "amp", "grad_clip", "small_input", "ema", "channels_last", "sync_bn",
-                  "grad_checkpointing", "val_split", "test_every_epoch", "repvggify")
+                  "grad_checkpointing", "val_split", "test_every_epoch", "repvggify", "custom_l2")
 
 
 def run_train(args) -> int:

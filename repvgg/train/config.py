@@ -110,6 +110,7 @@ def check_config(cfg: dict) -> dict:
     cfg.setdefault("val_split", 0.0)     # runs saved before the split existed resume as they were
     cfg.setdefault("test_every_epoch", False)
     cfg.setdefault("repvggify", False)
+    cfg.setdefault("custom_l2", False)
     split = cfg["val_split"]
     if isinstance(split, bool) or not isinstance(split, (int, float)) or not 0 <= split < 1:
         raise ValueError(f"val_split must be a fraction in [0, 1) of the training set, got {split!r}")

@@ -27,6 +27,7 @@ from ..factory import create_model
 from . import distributed as D
 from ..threads import set_threads
 from .amp import amp_dtype, probe_cpu_amp
+from .custom_l2 import covered_kernels, custom_l2, custom_l2_blocks
 from .config import AUGMENTATION_KEYS, augmentation_kwargs, model_kwargs, save_config
 from .ema import ModelEma
 from .grad_ckpt import GradCheckpointed
@@ -111,7 +112,11 @@ class Trainer:
         if w > 1:
             torch.manual_seed(cfg["seed"] + r)     # per-rank dropout/mixup streams (DDP syncs weights)
         self.global_batch = cfg["batch_size"] * w
-        self.optimizer = build_optimizer(self.model, cfg, self.global_batch)
+        self.l2_blocks = custom_l2_blocks(self.model) if cfg["custom_l2"] else []
+        if cfg["custom_l2"] and not self.l2_blocks:
+            raise ValueError("--custom-l2 regularizes RepVGG blocks in train form (3x3 conv+BN, 1x1 conv+BN, identity "
+                             f"BN); {cfg['model']} with block={cfg['block']!r} has none")
+        self.optimizer = build_optimizer(self.model, cfg, self.global_batch, covered_kernels(self.l2_blocks))
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         self.amp, self._amp_note = self._resolve_amp(resume)
         if self.amp is not None and self.dist.enabled and self.device.type == "cpu":
@@ -282,6 +287,8 @@ class Trainer:
             with torch.autocast(dev.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
                 out = self.net(x)
                 loss = F.cross_entropy(out.float(), target, label_smoothing=cfg["label_smoothing"])
+                if self.l2_blocks:     # decay on the fused kernel (see .custom_l2), instead of on each branch
+                    loss = loss + 0.5 * cfg["weight_decay"] * custom_l2(self.l2_blocks).float()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {self.step}: lower --lr, "
                                          f"or use --amp bf16 instead of fp16")

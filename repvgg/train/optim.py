@@ -14,17 +14,19 @@ import torch.nn as nn
 _KERNEL_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, exclude: set[int] = frozenset()) -> list[dict]:
     """[{"params": kernels, "weight_decay": wd}, {"params": everything else, "weight_decay": 0}].
 
     Kernels are the `weight` of conv and linear modules; every other trainable parameter
     (BN affine, biases, dirac_alpha/beta, SE biases) is not decayed. Shared params count once.
+    ``exclude``: ids of kernels regularized another way (custom L2), left out of the decay group.
     """
     decay, seen = [], set()
     for m in model.modules():
-        if isinstance(m, _KERNEL_TYPES) and m.weight.requires_grad and id(m.weight) not in seen:
-            decay.append(m.weight)
-            seen.add(id(m.weight))
+        w = m.weight if isinstance(m, _KERNEL_TYPES) else None
+        if w is not None and w.requires_grad and id(w) not in seen and id(w) not in exclude:
+            decay.append(w)
+            seen.add(id(w))
     no_decay = []
     for p in model.parameters():
         if p.requires_grad and id(p) not in seen:
@@ -39,8 +41,9 @@ def scaled_lr(lr_per_256: float, global_batch: int) -> float:
     return lr_per_256 * global_batch / 256
 
 
-def build_optimizer(model: nn.Module, cfg: dict, global_batch: int) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg["weight_decay"])
+def build_optimizer(model: nn.Module, cfg: dict, global_batch: int, exclude: set[int] = frozenset()
+                    ) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg["weight_decay"], exclude)
     lr = scaled_lr(cfg["lr"], global_batch)
     if cfg["optimizer"] == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
