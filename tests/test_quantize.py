@@ -181,3 +181,33 @@ def test_cli_quantize_torch_without_torchao_says_how_to_get_it(tmp_path, a0_depl
     rc = main(["quantize", "--checkpoint", str(a0_deploy_ckpt), "--data", "fashion-mnist-builtin",
                "--method", "torch", "--out", str(out)])
     assert rc == 2 and "pip install" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("per_tensor", [False, True])
+def test_per_tensor_weights_use_one_scale_per_tensor(tmp_path, a0_deploy_ckpt, capsys, per_tensor):
+    import onnx
+    from onnx import numpy_helper
+
+    out = tmp_path / "q.int8.onnx"
+    argv = ["quantize", "--checkpoint", str(a0_deploy_ckpt), "--data", "fashion-mnist-builtin", "--image-size", "16",
+            "--calib-batches", "1", "--batch-size", "16", "--eval-images", "32", "--repeats", "1", "--out", str(out)]
+    assert main(argv + (["--per-tensor"] if per_tensor else [])) == 0
+    assert ("per-tensor weights" if per_tensor else "per-channel weights") in capsys.readouterr().out
+    graph = onnx.load(str(out)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    scales = [inits[n.input[1]] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+              and inits[n.input[0]].ndim == 4]                              # the conv weights' scales
+    assert scales and all((s.size == 1) == per_tensor for s in scales)
+
+
+def test_weight_range_spread_names_the_widest_layer():
+    from repvgg.deploy.quantize import weight_range_spread
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.Conv2d(4, 4, 1))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[0].weight[0] = 100.0                     # one channel 100x the others: spread 100
+        model[1].weight.fill_(0.5)
+    rows = {r["layer"]: r for r in weight_range_spread(model)}
+    assert rows["0"]["spread"] == pytest.approx(100.0) and rows["1"]["spread"] == pytest.approx(1.0)
+    assert rows["0"]["levels_median_channel"] == pytest.approx(1.27)

@@ -62,6 +62,9 @@ def register(sub) -> None:
     q.add_argument("--calibrate", help="--method ort: minmax (default) | percentile | entropy; "
                                        "--method torch uses the quantizer's histogram observers")
     q.add_argument("--fp32-out", help="also keep the verified fp32 .onnx here")
+    q.add_argument("--per-tensor", action="store_true",
+                   help="--method ort: one symmetric scale per weight tensor (as TensorRT / many NPUs) instead of per "
+                        "output channel")
     q.add_argument("--eval-images", type=int, help="evaluate on the first N test images (default: all)")
     q.add_argument("--repeats", type=int, default=20, help="timing repeats (median)")
     q.set_defaults(func=run_quantize)
@@ -162,7 +165,8 @@ def run_quantize(args) -> int:
         from ..deploy.quantize_pt2e import require_torchao
 
         require_torchao()
-        for flag, value in (("--calibrate", args.calibrate), ("--fp32-out", args.fp32_out)):
+        for flag, value in (("--calibrate", args.calibrate), ("--fp32-out", args.fp32_out),
+                            ("--per-tensor", args.per_tensor or None)):
             if value is not None:
                 raise ValueError(f"{flag} applies to --method ort only")
     else:
@@ -190,7 +194,8 @@ def run_quantize(args) -> int:
 
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = Path(args.fp32_out) if args.fp32_out else Path(tmp) / "fp32.onnx"
-            report = quantize_model(model, out, calib, method="ort", calibrate=calibrate, fp32_out=fp32)
+            report = quantize_model(model, out, calib, method="ort", calibrate=calibrate, fp32_out=fp32,
+                                    per_channel=not args.per_tensor)
             res = compare(fp32, out, test_loader, bench_batch=calib[0], repeats=args.repeats)
     report.fp32_top1, report.int8_top1 = res["fp32_top1"], res["int8_top1"]
     report.fp32_ms, report.int8_ms, report.batch_size = res.get("fp32_ms"), res.get("int8_ms"), len(calib[0])

@@ -40,6 +40,7 @@ class QuantReport:
     batch_size: int = 0
     calib_images: int = 0
     method: str = "ort"
+    per_channel: bool = True
 
     @property
     def speedup(self) -> float | None:
@@ -49,7 +50,8 @@ class QuantReport:
         what = ("INT8 QDQ ONNX" if self.method == "ort" else "INT8 PT2E/X86 program: fused weights + calibrated "
                 "ranges, load with repvgg.deploy.quantize_pt2e.load_int8")
         runtime = "onnxruntime" if self.method == "ort" else "oneDNN"
-        lines = [f"wrote {self.path} ({what}, per-channel weights; calibrated on {self.calib_images} images)"]
+        weights = "per-channel" if self.per_channel else "per-tensor"
+        lines = [f"wrote {self.path} ({what}, {weights} weights; calibrated on {self.calib_images} images)"]
         if self.fp32_top1 is not None:
             lines.append(f"top-1  fp32 {self.fp32_top1:.2f}%  int8 {self.int8_top1:.2f}%  "
                          f"(drop {self.fp32_top1 - self.int8_top1:+.2f} points)")
@@ -108,9 +110,13 @@ def ort_session(model_bytes_or_path, threads: int | None = None):
 
 def quantize_model(model: nn.Module, out: str | os.PathLike, calib: list[torch.Tensor], *,
                    method: str = "ort", calibrate: str = "minmax", fp32_out: str | os.PathLike | None = None,
-                   log=print) -> QuantReport:
+                   per_channel: bool = True, log=print) -> QuantReport:
     """Write an INT8 model of a deploy ``model`` calibrated on ``calib`` batches: a QDQ .onnx
-    (``method="ort"``) or a PT2E file run on oneDNN INT8 kernels (``method="torch"``, see quantize_pt2e.py)."""
+    (``method="ort"``) or a PT2E file run on oneDNN INT8 kernels (``method="torch"``, see quantize_pt2e.py).
+
+    ``per_channel=False`` (ort only) quantizes each weight tensor with one symmetric scale, as
+    TensorRT and many NPUs do: where a fused kernel's channels differ widely in range (see
+    :func:`weight_range_spread`), the small ones lose their precision."""
     if method not in METHODS:
         raise ValueError(f"unknown quantization method {method!r}; supported: {', '.join(METHODS)}")
     if calibrate not in CALIBRATION:
@@ -118,8 +124,8 @@ def quantize_model(model: nn.Module, out: str | os.PathLike, calib: list[torch.T
     if not calib:
         raise ValueError("no calibration batches: give --data with training images and --calib-batches >= 1")
     if method == "torch":
-        if fp32_out is not None:
-            raise ValueError("--fp32-out (the verified fp32 .onnx) applies to --method ort only")
+        if fp32_out is not None or not per_channel:
+            raise ValueError("--fp32-out and --per-tensor apply to --method ort only")
         from .quantize_pt2e import quantize_pt2e
 
         return QuantReport(Path(out), calib_images=quantize_pt2e(model, out, calib), method="torch")
@@ -135,14 +141,32 @@ def quantize_model(model: nn.Module, out: str | os.PathLike, calib: list[torch.T
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         with atomic_output(out) as tmp:
             quantize_static(
-                str(pre), str(tmp), _Reader(calib, "input"), quant_format=QuantFormat.QDQ, per_channel=True,
+                str(pre), str(tmp), _Reader(calib, "input"), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                                   "entropy": CalibrationMethod.Entropy}[calibrate],
                 extra_options={"CalibMovingAverage": False},
             )
             ort_session(str(tmp))  # must load before it replaces anything
-    return QuantReport(Path(out), calib_images=sum(len(b) for b in calib))
+    return QuantReport(Path(out), calib_images=sum(len(b) for b in calib), per_channel=per_channel)
+
+
+@torch.no_grad()
+def weight_range_spread(model: nn.Module) -> list[dict]:
+    """Per conv/linear layer: max / median of its per-output-channel weight ranges (max |w|).
+
+    A per-tensor INT8 scale is set by the widest channel; a spread of s leaves the median channel
+    about 127 / s quantization levels. Fused RepVGG kernels are where this grows (the identity and
+    1x1 branches land on the centre tap with BN-dependent scales).
+    """
+    rows = []
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            ranges = m.weight.detach().abs().flatten(1).amax(1).double()
+            med = ranges.median().clamp_min(1e-12)
+            rows.append({"layer": name, "channels": len(ranges), "spread": float(ranges.max() / med),
+                         "levels_median_channel": float(127 * med / ranges.max().clamp_min(1e-12))})
+    return rows
 
 
 def compare(fp32_path, int8_path, test_loader=None, *, bench_batch: torch.Tensor | None = None,
