@@ -206,8 +206,9 @@ class RepVGG(nn.Module):
                                   prune_head: bool = True) -> list[int]:
         """Drop the stages after the last kept feature level (and the head): a smaller backbone."""
         take = feature_indices(len(self.feature_info), indices)
-        self.stages = self.stages[:max(max(take), 1)]
+        self.stages = self.stages[:max(take)]              # level k is the output of stage k (0: the stem)
         self.feature_info = FeatureInfo(self.feature_info[:max(take) + 1])
+        self.num_features = self.feature_info[-1]["num_chs"]
         if prune_head:
             self.reset_classifier(0, "")
         return take

@@ -119,3 +119,14 @@ def test_scripted_and_traced_models_keep_the_input_checks():
     for traced in (_script(model), torch.fx.symbolic_trace(model)):
         with pytest.raises(Exception, match="input channels"):
             traced(torch.randn(1, 1, 32, 32))
+
+
+def test_prune_intermediate_layers_keeps_a_working_backbone():
+    model = repvgg.create_model("repvgg_a0", num_classes=3).eval()
+    x = _x()
+    with torch.no_grad():
+        want = model.forward_intermediates(x, indices=[2], intermediates_only=True)[0]
+        model.prune_intermediate_layers(indices=[2])
+        assert len(model.stages) == 2 and model.feature_info.channels() == [48, 48, 96]
+        torch.testing.assert_close(model.forward_features(x), want, rtol=0, atol=0)
+        assert model(x).dim() == 4                           # no head: the last kept feature map
