@@ -211,3 +211,39 @@ def test_weight_range_spread_names_the_widest_layer():
     rows = {r["layer"]: r for r in weight_range_spread(model)}
     assert rows["0"]["spread"] == pytest.approx(100.0) and rows["1"]["spread"] == pytest.approx(1.0)
     assert rows["0"]["levels_median_channel"] == pytest.approx(1.27)
+
+
+def test_sensitivity_ranks_layers_and_keep_fp32_leaves_them_in_float(tmp_path, capsys):
+    import onnx
+
+    small = randomize_bn_(repvgg.create_model("repvgg_a0", num_classes=10, in_chans=1, small_input=True, width=0.25,
+                                              depths=(1, 1, 1, 1)))
+    ckpt = save_checkpoint(repvgg.reparameterize(small), tmp_path / "small.safetensors")    # 6 layers
+    out = tmp_path / "s.int8.onnx"
+    base = ["quantize", "--checkpoint", str(ckpt), "--data", "fashion-mnist-builtin", "--image-size", "16",
+            "--calib-batches", "1", "--batch-size", "16", "--eval-images", "32", "--repeats", "1"]
+    assert main(base + ["--out", str(out), "--sensitivity", "--keep-fp32", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "per-layer sensitivity" in text and "kept in float" in text
+    csv_text = (tmp_path / "s.sensitivity.csv").read_text()
+    assert csv_text.count("fused") == 5 and "head.fc" in csv_text and (tmp_path / "s.sensitivity.png").is_file()
+    kept = text.split("kept in float: ")[1].splitlines()[0].split(", ")
+    assert len(kept) == 2 and kept[0] == csv_text.splitlines()[1].split(",")[0]     # the worst layer first
+    quantized = [n for n in onnx.load(str(out)).graph.node if n.op_type == "DequantizeLinear"]
+    named = tmp_path / "n.int8.onnx"
+    assert main(base + ["--out", str(named), "--keep-fp32", "stem.fused,head.fc"]) == 0
+    assert "kept in float: stem.fused, head.fc" in capsys.readouterr().out
+    fewer = [n for n in onnx.load(str(named)).graph.node if n.op_type == "DequantizeLinear"]
+    assert fewer and len(fewer) < len([n for n in onnx.load(str(tmp_path / "s.int8.onnx")).graph.node]) and quantized
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--keep-fp32", "stem.fused,nope"], "unknown layer"),
+    (["--keep-fp32", "3"], "add --sensitivity"),
+    (["--method", "torch", "--keep-fp32", "1"], "--method ort only"),
+])
+def test_keep_fp32_bad_input(tmp_path, a0_deploy_ckpt, capsys, extra, message):
+    argv = ["quantize", "--checkpoint", str(a0_deploy_ckpt), "--data", "fashion-mnist-builtin", "--image-size", "16",
+            "--calib-batches", "1", "--out", str(tmp_path / "x.int8.onnx"), *extra]
+    assert main(argv) == 2 and message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

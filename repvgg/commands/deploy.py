@@ -62,6 +62,11 @@ def register(sub) -> None:
     q.add_argument("--calibrate", help="--method ort: minmax (default) | percentile | entropy; "
                                        "--method torch uses the quantizer's histogram observers")
     q.add_argument("--fp32-out", help="also keep the verified fp32 .onnx here")
+    q.add_argument("--sensitivity", action="store_true",
+                   help="--method ort: quantize one layer at a time, print the top-1 drop per layer (worst first) and "
+                        "write OUT.sensitivity.csv/.png; then top-1 and speed with the K worst kept in float, K = 0..n")
+    q.add_argument("--keep-fp32", help="--method ort: leave layers in float: K (the K most sensitive, measured "
+                                       "first) or comma-separated layer names (e.g. stem.fused,head.fc)")
     q.add_argument("--per-tensor", action="store_true",
                    help="--method ort: one symmetric scale per weight tensor (as TensorRT / many NPUs) instead of per "
                         "output channel")
@@ -166,7 +171,8 @@ def run_quantize(args) -> int:
 
         require_torchao()
         for flag, value in (("--calibrate", args.calibrate), ("--fp32-out", args.fp32_out),
-                            ("--per-tensor", args.per_tensor or None)):
+                            ("--per-tensor", args.per_tensor or None), ("--keep-fp32", args.keep_fp32),
+                            ("--sensitivity", args.sensitivity or None)):
             if value is not None:
                 raise ValueError(f"{flag} applies to --method ort only")
     else:
@@ -192,15 +198,66 @@ def run_quantize(args) -> int:
     else:
         import tempfile
 
+        keep = _keep_fp32(args, model, calib, test_loader, out)
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = Path(args.fp32_out) if args.fp32_out else Path(tmp) / "fp32.onnx"
             report = quantize_model(model, out, calib, method="ort", calibrate=calibrate, fp32_out=fp32,
-                                    per_channel=not args.per_tensor)
+                                    per_channel=not args.per_tensor, keep_fp32=keep)
             res = compare(fp32, out, test_loader, bench_batch=calib[0], repeats=args.repeats)
+        if keep:
+            print(f"kept in float: {', '.join(keep)}")
     report.fp32_top1, report.int8_top1 = res["fp32_top1"], res["int8_top1"]
     report.fp32_ms, report.int8_ms, report.batch_size = res.get("fp32_ms"), res.get("int8_ms"), len(calib[0])
     print(report.summary())
     return 0
+
+
+def _keep_fp32(args, model, calib, test_loader, out: Path) -> list[str]:
+    """The layers to leave in float: named, or the K most sensitive (measured with --sensitivity)."""
+    from ..deploy.quantize import weight_range_spread
+
+    spec = (args.keep_fp32 or "").strip()
+    layers = [r["layer"] for r in weight_range_spread(model)]
+    if spec and not spec.isdigit():
+        names = [s.strip() for s in spec.split(",") if s.strip()]
+        unknown = [n for n in names if n not in layers]
+        if unknown:
+            raise ValueError(f"--keep-fp32: unknown layer(s) {unknown}; this model's layers: {', '.join(layers)}")
+        return names
+    if not args.sensitivity:
+        if spec:
+            raise ValueError("--keep-fp32 K keeps the K most sensitive layers: add --sensitivity to measure them, "
+                             "or name the layers")
+        return []
+    import csv
+    import io
+
+    from ..deploy.sensitivity import keep_fp32_curve, layer_sensitivity, sensitivity_png
+    from ..fileio import atomic_write_text
+
+    per_channel = not args.per_tensor
+    print("per-layer sensitivity (each layer alone in INT8):")
+    rows = layer_sensitivity(model, calib, test_loader, per_channel=per_channel)
+    ranking = [r["layer"] for r in rows]
+    curve = keep_fp32_curve(model, calib, test_loader, ranking, calib[0], per_channel=per_channel, repeats=5)
+    print("with the K most sensitive layers left in float:  K  top-1  ORT speed-up vs fp32")
+    for c in curve:
+        print(f"  {c['keep_fp32']:>2}  {c['int8_top1']:.2f}%  {c['speedup']:.2f}x")
+    base = out.name.split(".")[0]
+    csv_path, png_path = out.with_name(base + ".sensitivity.csv"), out.with_name(base + ".sensitivity.png")
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["layer", "drop_points", "int8_top1", "fp32_top1", "weight_range_spread"])
+    w.writerows([[r["layer"], f"{r['drop']:.3f}", f"{r['int8_top1']:.2f}", f"{r['fp32_top1']:.2f}",
+                  f"{r['spread']:.2f}"] for r in rows])
+    w.writerows([[], ["keep_fp32_K", "int8_top1", "ort_speedup"]] +
+                [[c["keep_fp32"], f"{c['int8_top1']:.2f}", f"{c['speedup']:.3f}"] for c in curve])
+    atomic_write_text(csv_path, buf.getvalue())
+    weights = "per-channel" if per_channel else "per-tensor"
+    sensitivity_png(rows, png_path, f"INT8 sensitivity per layer ({weights} weights), "
+                    f"{Path(args.checkpoint).name}, {len(calib)} calibration batches of {len(calib[0])}")
+    print(f"wrote {csv_path} and {png_path}")
+    return ranking[:int(spec)] if spec else []
 
 
 def run_prune(args) -> int:

@@ -110,13 +110,14 @@ def ort_session(model_bytes_or_path, threads: int | None = None):
 
 def quantize_model(model: nn.Module, out: str | os.PathLike, calib: list[torch.Tensor], *,
                    method: str = "ort", calibrate: str = "minmax", fp32_out: str | os.PathLike | None = None,
-                   per_channel: bool = True, log=print) -> QuantReport:
+                   per_channel: bool = True, keep_fp32=(), only=None, log=print) -> QuantReport:
     """Write an INT8 model of a deploy ``model`` calibrated on ``calib`` batches: a QDQ .onnx
     (``method="ort"``) or a PT2E file run on oneDNN INT8 kernels (``method="torch"``, see quantize_pt2e.py).
 
     ``per_channel=False`` (ort only) quantizes each weight tensor with one symmetric scale, as
     TensorRT and many NPUs do: where a fused kernel's channels differ widely in range (see
-    :func:`weight_range_spread`), the small ones lose their precision."""
+    :func:`weight_range_spread`), the small ones lose their precision. ``keep_fp32`` (ort): layer names
+    (our module names, e.g. ``stem.fused``) left in float; ``only``: quantize just these layers."""
     if method not in METHODS:
         raise ValueError(f"unknown quantization method {method!r}; supported: {', '.join(METHODS)}")
     if calibrate not in CALIBRATION:
@@ -124,8 +125,8 @@ def quantize_model(model: nn.Module, out: str | os.PathLike, calib: list[torch.T
     if not calib:
         raise ValueError("no calibration batches: give --data with training images and --calib-batches >= 1")
     if method == "torch":
-        if fp32_out is not None or not per_channel:
-            raise ValueError("--fp32-out and --per-tensor apply to --method ort only")
+        if fp32_out is not None or not per_channel or keep_fp32 or only:
+            raise ValueError("--fp32-out, --per-tensor, --keep-fp32 and --sensitivity apply to --method ort only")
         from .quantize_pt2e import quantize_pt2e
 
         return QuantReport(Path(out), calib_images=quantize_pt2e(model, out, calib), method="torch")
@@ -139,9 +140,14 @@ def quantize_model(model: nn.Module, out: str | os.PathLike, calib: list[torch.T
         export_model(model, fp32, "onnx", dynamic_batch=True, image_size=size, log=log)
         pre = Path(tmpdir) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        nodes = onnx_layer_nodes(pre, model)
+        chosen = {"nodes_to_exclude": [nodes[n] for n in check_layers(keep_fp32, nodes)]}
+        if only is not None:
+            chosen["nodes_to_quantize"] = [nodes[n] for n in check_layers(only, nodes)]
         with atomic_output(out) as tmp:
             quantize_static(
                 str(pre), str(tmp), _Reader(calib, "input"), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                **chosen,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                                   "entropy": CalibrationMethod.Entropy}[calibrate],
@@ -149,6 +155,24 @@ def quantize_model(model: nn.Module, out: str | os.PathLike, calib: list[torch.T
             )
             ort_session(str(tmp))  # must load before it replaces anything
     return QuantReport(Path(out), calib_images=sum(len(b) for b in calib), per_channel=per_channel)
+
+
+def onnx_layer_nodes(onnx_path, model: nn.Module) -> dict[str, str]:
+    """Our conv/linear module names -> the ONNX nodes computing them (the graph runs them in module order)."""
+    onnx = require("onnx")
+    nodes = [n.name for n in onnx.load(str(onnx_path)).graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    layers = [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if len(nodes) != len(layers):
+        raise ValueError(f"the exported graph has {len(nodes)} conv/linear nodes for {len(layers)} layers; "
+                         "per-layer choices need a one-to-one match")
+    return dict(zip(layers, nodes))
+
+
+def check_layers(names, nodes: dict[str, str]) -> list[str]:
+    unknown = [n for n in names if n not in nodes]
+    if unknown:
+        raise ValueError(f"unknown layer(s) {unknown}; this model's layers: {', '.join(nodes)}")
+    return list(names)
 
 
 @torch.no_grad()
