@@ -115,6 +115,7 @@ class RepVGG(nn.Module):
         output_stride: int = 32,
         drop_rate: float = 0.0,
         global_pool: str = "avg",
+        dilated_blocks: int | None = None,
     ):
         super().__init__()
         check_io_sizes(num_classes, in_chans)
@@ -125,6 +126,9 @@ class RepVGG(nn.Module):
         reduction = 1 if small_input else 2
         self.feature_info = FeatureInfo([dict(num_chs=arch.stem_width, reduction=reduction, module="stem")])
 
+        # dilated_blocks=N: only the last N blocks keep their dilation (the paper's "fast" PSPNet backbones,
+        # N = 5); the strides stay removed, so the output stride is unchanged
+        undilated = sum(arch.depths) - dilated_blocks if dilated_blocks is not None else 0
         stages, in_ch, layer_idx = [], arch.stem_width, 1
         for i, (depth, width, (stride, prev_dilation, dilation, reduction)) in enumerate(
             zip(arch.depths, arch.widths, schedule)
@@ -134,7 +138,8 @@ class RepVGG(nn.Module):
                 blocks.append(
                     RepVGGBlock(
                         in_ch, width, stride=stride if j == 0 else 1, groups=arch.layer_groups(layer_idx),
-                        dilation=prev_dilation if j == 0 else dilation, **self.block_kwargs,
+                        dilation=1 if layer_idx <= undilated else (prev_dilation if j == 0 else dilation),
+                        **self.block_kwargs,
                     )
                 )
                 in_ch, layer_idx = width, layer_idx + 1

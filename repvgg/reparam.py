@@ -13,6 +13,17 @@ from .repvggify import fold_back
 FUSABLE = (RepVGGBlock, ConvNormAct)
 
 
+class TrainOnly(nn.Module):
+    """A part used only in training (a segmenter's auxiliary head): absent from the deploy form."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+
 def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
     """Return ``model`` with every train-time block folded into one 3x3 conv, in eval mode.
 
@@ -33,7 +44,9 @@ def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
 
 def _fuse_children(module: nn.Module) -> None:
     for name, child in list(module.named_children()):
-        if isinstance(child, FUSABLE):
+        if isinstance(child, TrainOnly):
+            setattr(module, name, None)
+        elif isinstance(child, FUSABLE):
             setattr(module, name, child.fuse())
         else:
             _fuse_children(child)
