@@ -63,7 +63,7 @@ def saved_shape(sd: Mapping, meta: Mapping, name: str, width, channels, depths, 
     and depths its metadata records for this same model (a pruned or resized one), so every
     checkpoint repvgg writes loads through ``create_model`` as well.
     """
-    ours, _ = normalize_state_dict(sd)
+    ours, _ = state_in_our_naming(sd, meta, "checkpoint")
     if deploy is None:
         deploy = is_deploy_form(ours)
     saved = meta.get("build_args")

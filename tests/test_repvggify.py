@@ -129,6 +129,9 @@ def test_train_a_repvggified_torchvision_model_and_convert_it_back(tmp_path):
     assert sum(isinstance(m, RepConv) for m in best.modules()) == 17     # 16 in the blocks + the 3x3 stem
     deploy = repvgg.model_from_checkpoint(out / "deploy.safetensors")           # the plain torchvision ResNet
     assert type(deploy) is torchvision.models.ResNet and not any(isinstance(m, RepConv) for m in deploy.modules())
+    again = repvgg.create_model("tv:resnet18", num_classes=10, in_chans=1, small_input=True, repvggify=True,
+                                checkpoint=out / "best.safetensors")             # create_model takes it too
+    assert sum(isinstance(m, RepConv) for m in again.modules()) == 17
     assert main(["convert", str(out / "best.safetensors"), str(tmp_path / "folded.safetensors"), "--verify"]) == 0
     fresh = build_tv("tv:resnet18", 10, 1, small_input=True)
     from safetensors.torch import load_file
