@@ -214,26 +214,17 @@ def run_quantize(args) -> int:
 
 def _keep_fp32(args, model, calib, test_loader, out: Path) -> list[str]:
     """The layers to leave in float: named, or the K most sensitive (measured with --sensitivity)."""
-    from ..deploy.quantize import weight_range_spread
+    from ..deploy.quantize import check_layers, layer_names
 
     spec = (args.keep_fp32 or "").strip()
-    layers = [r["layer"] for r in weight_range_spread(model)]
-    if spec and not spec.isdigit():
-        names = [s.strip() for s in spec.split(",") if s.strip()]
-        unknown = [n for n in names if n not in layers]
-        if unknown:
-            raise ValueError(f"--keep-fp32: unknown layer(s) {unknown}; this model's layers: {', '.join(layers)}")
-        return names
+    if spec and not spec.isdigit():     # checked before any quantization runs
+        return check_layers([s.strip() for s in spec.split(",") if s.strip()], layer_names(model))
     if not args.sensitivity:
         if spec:
             raise ValueError("--keep-fp32 K keeps the K most sensitive layers: add --sensitivity to measure them, "
                              "or name the layers")
         return []
-    import csv
-    import io
-
-    from ..deploy.sensitivity import keep_fp32_curve, layer_sensitivity, sensitivity_png
-    from ..fileio import atomic_write_text
+    from ..deploy.sensitivity import keep_fp32_curve, layer_sensitivity, write_sensitivity
 
     per_channel = not args.per_tensor
     print("per-layer sensitivity (each layer alone in INT8):")
@@ -245,17 +236,9 @@ def _keep_fp32(args, model, calib, test_loader, out: Path) -> list[str]:
         print(f"  {c['keep_fp32']:>2}  {c['int8_top1']:.2f}%  {c['speedup']:.2f}x")
     base = out.name.split(".")[0]
     csv_path, png_path = out.with_name(base + ".sensitivity.csv"), out.with_name(base + ".sensitivity.png")
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["layer", "drop_points", "int8_top1", "fp32_top1", "weight_range_spread"])
-    w.writerows([[r["layer"], f"{r['drop']:.3f}", f"{r['int8_top1']:.2f}", f"{r['fp32_top1']:.2f}",
-                  f"{r['spread']:.2f}"] for r in rows])
-    w.writerows([[], ["keep_fp32_K", "int8_top1", "ort_speedup"]] +
-                [[c["keep_fp32"], f"{c['int8_top1']:.2f}", f"{c['speedup']:.3f}"] for c in curve])
-    atomic_write_text(csv_path, buf.getvalue())
     weights = "per-channel" if per_channel else "per-tensor"
-    sensitivity_png(rows, png_path, f"INT8 sensitivity per layer ({weights} weights), "
-                    f"{Path(args.checkpoint).name}, {len(calib)} calibration batches of {len(calib[0])}")
+    write_sensitivity(rows, curve, csv_path, png_path, f"INT8 sensitivity per layer ({weights} weights), "
+                      f"{Path(args.checkpoint).name}, {len(calib)} calibration batches of {len(calib[0])}")
     print(f"wrote {csv_path} and {png_path}")
     return ranking[:int(spec)] if spec else []
 

@@ -161,17 +161,23 @@ def onnx_layer_nodes(onnx_path, model: nn.Module) -> dict[str, str]:
     """Our conv/linear module names -> the ONNX nodes computing them (the graph runs them in module order)."""
     onnx = require("onnx")
     nodes = [n.name for n in onnx.load(str(onnx_path)).graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
-    layers = [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    layers = layer_names(model)
     if len(nodes) != len(layers):
         raise ValueError(f"the exported graph has {len(nodes)} conv/linear nodes for {len(layers)} layers; "
                          "per-layer choices need a one-to-one match")
     return dict(zip(layers, nodes))
 
 
-def check_layers(names, nodes: dict[str, str]) -> list[str]:
-    unknown = [n for n in names if n not in nodes]
+def layer_names(model: nn.Module) -> list[str]:
+    """The module names of the conv and linear layers INT8 choices are made for (e.g. ``stem.fused``)."""
+    return [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def check_layers(names, layers) -> list[str]:
+    """``names`` as a list, or a ValueError naming the unknown ones and the model's ``layers``."""
+    unknown = [n for n in names if n not in layers]
     if unknown:
-        raise ValueError(f"unknown layer(s) {unknown}; this model's layers: {', '.join(nodes)}")
+        raise ValueError(f"unknown layer(s) {unknown}; this model's layers: {', '.join(layers)}")
     return list(names)
 
 

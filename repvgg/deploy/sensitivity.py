@@ -50,6 +50,24 @@ def keep_fp32_curve(model: nn.Module, calib: list[torch.Tensor], test_loader, ra
     return rows
 
 
+def write_sensitivity(rows: list[dict], curve: list[dict], csv_path, png_path, title: str) -> None:
+    """Both tables in one CSV (per-layer drops, then the keep-K curve) and the per-layer bar plot."""
+    import csv
+    import io
+
+    from ..fileio import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["layer", "drop_points", "int8_top1", "fp32_top1", "weight_range_spread"])
+    w.writerows([[r["layer"], f"{r['drop']:.3f}", f"{r['int8_top1']:.2f}", f"{r['fp32_top1']:.2f}",
+                  f"{r['spread']:.2f}"] for r in rows])
+    w.writerows([[], ["keep_fp32_K", "int8_top1", "ort_speedup"]] +
+                [[c["keep_fp32"], f"{c['int8_top1']:.2f}", f"{c['speedup']:.3f}"] for c in curve])
+    atomic_write_text(csv_path, buf.getvalue())
+    sensitivity_png(rows, png_path, title)
+
+
 def sensitivity_png(rows: list[dict], path, title: str) -> Path:
     import matplotlib
 
