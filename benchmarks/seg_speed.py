@@ -18,20 +18,9 @@ import time
 from pathlib import Path
 
 import torch
-from torch.fx.experimental.optimization import fuse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import repvgg  # noqa: E402
-from repvgg.complexity import count_macs, count_params  # noqa: E402
-from repvgg.deploy.common import time_interleaved  # noqa: E402
-from repvgg.seg import create_segmenter  # noqa: E402
-
-PAIRS = [("pspnet_repvgg_a0", "pspnet_resnet18"), ("pspnet_repvgg_b1g2_fast", "pspnet_resnet50")]
-
-
-def deployed(name: str, classes: int) -> torch.nn.Module:
-    seg = create_segmenter(name, classes, aux=False).eval()
-    return fuse(repvgg.reparameterize(seg)).eval()
+from repvgg.seg.bench import PAIRS, compare_speed  # noqa: E402
 
 
 def _ratio(row: dict) -> str:
@@ -47,22 +36,12 @@ def main() -> int:
     ap.add_argument("--out", default="seg_speed_cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    x = torch.randn(1, 3, args.size, args.size)
-    shape = tuple(x.shape)
     rows = []
     for ours, theirs in PAIRS:
-        models = {n: deployed(n, args.classes) for n in (ours, theirs)}
-        with torch.inference_mode():
-            t = time_interleaved({n: (lambda m=m: m(x)) for n, m in models.items()}, repeats=args.repeats, warmup=1)
-        for n in (ours, theirs):
-            seg = create_segmenter(n, args.classes, aux=False).eval()
-            seg = repvgg.reparameterize(seg)
-            feat_shape = seg.backbone(x)[-1].shape
-            rows.append({"model": n, "ms": t[n] * 1e3, "params_backbone_m": count_params(seg.backbone) / 1e6,
-                         "params_head_m": count_params(seg.head) / 1e6,
-                         "gmacs_backbone": count_macs(seg.backbone, shape) / 1e9,
-                         "gmacs_head": count_macs(seg.head, tuple(feat_shape)) / 1e9})
-        rows[-2]["speedup_vs_pair"] = t[theirs] / t[ours]
+        pair = compare_speed([theirs, ours], size=args.size, batch=1, classes=args.classes, repeats=args.repeats)
+        pair[1]["speedup_vs_pair"] = pair[1].pop("speed_vs_first")
+        pair[0].pop("speed_vs_first")
+        rows += [pair[1], pair[0]]
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
     cmd = "python " + " ".join(sys.argv)

@@ -40,16 +40,17 @@ def _notes_as_lines(verb: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _notes_as_lines(args.command)
+    verb = " ".join(v for v in (args.command, getattr(args, "seg_command", None)) if v)
+    _notes_as_lines(verb)
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as e:
         if os.environ.get("REPVGG_DEBUG"):
             raise
-        print(f"repvgg {args.command}: error: {e}", file=sys.stderr)
+        print(f"repvgg {verb}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"repvgg {args.command}: interrupted", file=sys.stderr)
+        print(f"repvgg {verb}: interrupted", file=sys.stderr)
         return 130
 
 

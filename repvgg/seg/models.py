@@ -85,16 +85,18 @@ class Segmenter(nn.Module):
 
 
 def create_segmenter(name: str, num_classes: int, deploy: bool = False, aux: bool = True,
-                     backbone_checkpoint: str | PathLike | None = None, in_chans: int = 3, **kwargs) -> Segmenter:
+                     backbone_checkpoint: str | PathLike | None = None, in_chans: int = 3, head_channels: int = 512,
+                     **kwargs) -> Segmenter:
     """A PSPNet by name (see :func:`list_segmenters`); ``backbone_checkpoint`` loads a classification
-    checkpoint (ours, official, timm or mmpretrain naming) into the backbone, dilation reusing its weights."""
+    checkpoint (ours, official, timm or mmpretrain naming) into the backbone, dilation reusing its weights.
+    ``head_channels``: the PSP head's width (512 as in the paper and mmsegmentation; smaller for CPU budgets)."""
     if not name.startswith("pspnet_"):
         raise ValueError(f"unknown segmenter {name!r}; names look like pspnet_repvgg_a0, pspnet_repvgg_b1g2_fast, "
                          f"pspnet_resnet50 (repvgg.seg.list_segmenters())")
     arch = name[len("pspnet_"):]
     if arch in RESNETS:
-        if backbone_checkpoint is not None or deploy:
-            raise ValueError("the ResNet baselines take torchvision weights; backbone_checkpoint/deploy are for RepVGG")
+        if backbone_checkpoint is not None:
+            raise ValueError("the ResNet baselines take torchvision weights; backbone_checkpoint is for RepVGG")
         backbone = ResNetFeatures(arch, in_chans)
         channels = backbone.channels
     else:
@@ -105,6 +107,30 @@ def create_segmenter(name: str, num_classes: int, deploy: bool = False, aux: boo
                              out_indices=(3, 4), checkpoint=backbone_checkpoint, **kwargs)
         backbone, channels = model, model.feature_info.channels()
     aux_head = FCNHead(channels[0], num_classes) if aux and not deploy else None
-    seg = Segmenter(backbone, PSPHead(channels[1], num_classes), aux_head)
+    seg = Segmenter(backbone, PSPHead(channels[1], num_classes, channels=head_channels), aux_head)
     seg.segmenter_name = name
+    seg.spec = {"name": name, "num_classes": num_classes, "in_chans": in_chans, "head_channels": head_channels,
+                "deployed": deploy, **kwargs}
     return seg
+
+
+def load_segmenter(path: str | PathLike, deploy: bool = False) -> Segmenter:
+    """A segmenter from a checkpoint written by ``repvgg seg train`` (its ``segmenter`` metadata), in eval mode;
+    ``deploy=True`` fuses a train-time checkpoint (the aux head is dropped)."""
+    import json
+
+    from ..checkpoint import load_state_dict, read_checkpoint
+    from ..reparam import reparameterize
+
+    state, meta = read_checkpoint(path)
+    if "segmenter" not in meta:
+        raise ValueError(f"{path}: not a segmenter checkpoint (no 'segmenter' metadata; classification checkpoints "
+                         "load as a backbone: create_segmenter(name, n, backbone_checkpoint=...))")
+    spec = json.loads(meta["segmenter"])
+    name, n = spec.pop("name"), spec.pop("num_classes")
+    deployed = spec.pop("deployed", False)
+    has_aux = any(k.startswith("aux_head.") for k in state)
+    model = create_segmenter(name, n, deploy=deployed, aux=has_aux, **spec)
+    load_state_dict(model, state, source=str(path))
+    model.eval()
+    return reparameterize(model) if deploy and not deployed else model

@@ -13,8 +13,10 @@ from ..fileio import atomic_savefig, atomic_write_text
 class MetricsLog:
     """Rows of per-epoch metrics kept in memory and mirrored to jsonl/csv/png in `folder`."""
 
-    def __init__(self, folder: str | os.PathLike, resume_epoch: int | None = None):
+    def __init__(self, folder: str | os.PathLike, resume_epoch: int | None = None, metric: str = "top1",
+                 metric_name: str = "top-1", train_metric_name: str = "train (augmented)"):
         self.folder = Path(folder)
+        self.metric, self.metric_name, self.train_metric_name = metric, metric_name, train_metric_name
         self.jsonl, self.csv, self.png = (self.folder / n for n in ("metrics.jsonl", "metrics.csv", "curves.png"))
         self.rows: list[dict] = []
         if resume_epoch is not None and self.jsonl.is_file():
@@ -57,11 +59,11 @@ class MetricsLog:
             if any(f"{split}_loss" in r for r in self.rows):
                 axes[0].plot(ep, [r.get(f"{split}_loss") for r in self.rows], "o-", label=split)
         axes[0].set_title("loss")
-        axes[1].plot(ep, [r.get("train_acc") for r in self.rows], "o-", label="train (augmented)")
-        for split, label in (("val", "val top-1 (selects)"), ("test", "test top-1 (report only)")):
-            if any(f"{split}_top1" in r for r in self.rows):
-                axes[1].plot(ep, [r.get(f"{split}_top1") for r in self.rows], "o-", label=label)
-        axes[1].set_title("accuracy (%)")
+        axes[1].plot(ep, [r.get("train_acc") for r in self.rows], "o-", label=self.train_metric_name)
+        for split, label in (("val", f"val {self.metric_name} (selects)"), ("test", f"test {self.metric_name} (report only)")):
+            if any(f"{split}_{self.metric}" in r for r in self.rows):
+                axes[1].plot(ep, [r.get(f"{split}_{self.metric}") for r in self.rows], "o-", label=label)
+        axes[1].set_title("accuracy (%)" if self.metric == "top1" else f"{self.metric_name} (%)")
         axes[2].plot(ep, [r.get("lr") for r in self.rows], "o-")
         axes[2].set_title("lr (end of epoch)")
         for ax in axes:

@@ -29,14 +29,15 @@ RESUME_FREE = ("device", "workers", "data_dir", "threads")
 
 
 def prepare_run(output, recipe="normal", overrides: dict | None = None, *, resume=False,
-                overwrite=False) -> dict:
+                overwrite=False, resolve=resolve_config, run_files=RUN_FILES) -> dict:
     """The config for this run, after checking the output folder.
 
     A folder holding another run is refused unless resume (continue it, with its saved config;
     an explicit flag that contradicts it is an error) or overwrite (its run files are removed).
+    ``resolve``/``run_files``: the recipe resolver and the files of another kind of run (segmentation).
     """
     out = Path(output)
-    present = [f for f in RUN_FILES if (out / f).exists()]
+    present = [f for f in run_files if (out / f).exists()]
     if resume:
         if not (out / "last.state.pt").is_file():
             raise FileNotFoundError(f"--resume: no resumable state in {out} (expected {out}/last.state.pt)")
@@ -52,7 +53,7 @@ def prepare_run(output, recipe="normal", overrides: dict | None = None, *, resum
             if v is not None and k in RESUME_FREE:
                 cfg[k] = v
         return cfg
-    cfg = resolve_config(recipe, overrides)
+    cfg = resolve(recipe, overrides)
     is_main = int(os.environ.get("RANK", "0")) == 0      # under torchrun rank 0 alone judges the folder
     if present and not overwrite and is_main:
         raise FileExistsError(f"{out} already holds a run ({', '.join(present[:3])}...); use --resume to "
@@ -60,9 +61,9 @@ def prepare_run(output, recipe="normal", overrides: dict | None = None, *, resum
     return cfg
 
 
-def clear_run(out: Path) -> None:
+def clear_run(out: Path, run_files=RUN_FILES) -> None:
     """Remove exactly the files a run writes (--overwrite), nothing else in the folder."""
-    for f in RUN_FILES:
+    for f in run_files:
         (out / f).unlink(missing_ok=True)
 
 

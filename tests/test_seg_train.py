@@ -1,0 +1,124 @@
+"""Segmentation training end to end on tiny fmnist-scenes: run folder, resume, fusion check, CLI verbs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from repvgg.cli import main
+from repvgg.seg import load_segmenter
+from repvgg.seg.train import SegTrainer, poly_lr, prepare_seg_run, train_segmenter
+from repvgg.train import TrainingInterrupted
+
+TINY = {"scenes": {"size": 40, "num_train": 48, "num_test": 8}, "epochs": 2, "batch_size": 8,
+        "head_channels": 16, "threads": 1, "val_split": 0.17}
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPVGG_CACHE", str(tmp_path / "cache"))
+
+
+def _cfg(out, **kw):
+    return prepare_seg_run(out, "scenes", {"model": "pspnet_repvgg_a0", **TINY, **kw})
+
+
+def test_train_writes_a_fused_deploy_checkpoint_that_agrees(tmp_path):
+    out = tmp_path / "run"
+    summary = train_segmenter(_cfg(out), out, quiet=True)
+    assert summary["fusion_ok"] and summary["pixel_agreement_pct"] >= 99.99
+    assert abs(summary["train_miou"] - summary["deploy_miou"]) <= 0.01
+    for f in ("best.safetensors", "last.safetensors", "deploy.safetensors", "summary.json", "samples.png",
+              "curves.png", "metrics.csv"):
+        assert (out / f).is_file(), f
+    deployed = load_segmenter(out / "deploy.safetensors")
+    assert deployed.aux_head is None and deployed.spec["deployed"]
+    assert not any(k.startswith("aux_head") for k in load_file(out / "deploy.safetensors"))
+    x = torch.randn(2, 3, 40, 40)
+    trained = load_segmenter(out / "best.safetensors")
+    assert torch.equal(trained(x).argmax(1), deployed(x).argmax(1))
+
+
+def test_resume_after_a_stop_continues_bit_for_bit(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    SegTrainer(_cfg(a), a, quiet=True).run()
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        SegTrainer(_cfg(b), b, quiet=True).run(stop_at_step=4)
+    cfg = prepare_seg_run(b, "scenes", {}, resume=True)
+    SegTrainer(cfg, b, resume=True, quiet=True).run()
+    wa, wb = load_file(a / "last.safetensors"), load_file(b / "last.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_an_existing_run_is_not_overwritten(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "best.safetensors").write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match="--resume"):
+        _cfg(out)
+    assert (out / "best.safetensors").read_bytes() == b"precious"
+
+
+def test_bad_settings_are_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown segmenter"):
+        prepare_seg_run(tmp_path / "x", "scenes", {"model": "pspnet_nope"})
+    with pytest.raises(ValueError, match="scale"):
+        prepare_seg_run(tmp_path / "x", "scenes", {"scale": [2.0, 1.0]})
+    with pytest.raises(ValueError, match="unknown setting"):
+        prepare_seg_run(tmp_path / "x", "scenes", {"bins": 3})
+
+
+def test_bad_data_fails_before_anything_is_written(tmp_path):
+    out = tmp_path / "run"
+    cfg = prepare_seg_run(out, "scenes", {"data": "cityscapes", "data_dir": str(tmp_path)})
+    with pytest.raises(FileNotFoundError, match="no train split"):
+        SegTrainer(cfg, out, quiet=True)
+    assert not out.exists()
+
+
+def test_time_budget_fits_the_poly_schedule(tmp_path):
+    out = tmp_path / "run"
+    t = SegTrainer(_cfg(out, time_budget_min=0.5), out, quiet=True)
+    t.step, t.train_time = 12, 3.0
+    t._fit_budget([0.5] * 12)        # 27 s left at 0.5 s per step
+    assert t.total_steps == 12 + 54
+    assert poly_lr(0.01, 0, 10, 0.9) == 0.01 and poly_lr(0.01, 10, 10, 0.9) == 0.0
+
+
+def test_cli_train_eval_predict(tmp_path, capsys):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(json.dumps({**TINY, "epochs": 1}))
+    out = tmp_path / "run"
+    assert main(["seg", "train", "--recipe", str(recipe), "--output", str(out), "--quiet"]) == 0
+    assert main(["seg", "eval", "--checkpoint", str(out / "deploy.safetensors")]) == 0
+    assert "mIoU" in capsys.readouterr().out
+    img = tmp_path / "shop.png"
+    Image.fromarray(np.random.randint(0, 255, (30, 44, 3), dtype=np.uint8)).save(img)
+    assert main(["seg", "predict", "--checkpoint", str(out / "deploy.safetensors"), str(img),
+                 "-o", str(tmp_path / "pred")]) == 0
+    mask = np.array(Image.open(tmp_path / "pred" / "shop_mask.png"))
+    assert mask.shape == (30, 44) and mask.max() < 11
+    assert Image.open(tmp_path / "pred" / "shop_overlay.png").size == (44, 30)
+    before = (tmp_path / "pred" / "shop_mask.png").read_bytes()
+    assert main(["seg", "predict", "--checkpoint", str(out / "deploy.safetensors"), str(img),
+                 "-o", str(tmp_path / "pred")]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (tmp_path / "pred" / "shop_mask.png").read_bytes() == before
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    assert main(["seg", "predict", "--checkpoint", str(out / "deploy.safetensors"), str(bad),
+                 "-o", str(tmp_path / "pred2")]) == 2
+    assert "bad.png: unreadable image" in capsys.readouterr().err
+    assert not (tmp_path / "pred2").exists()
+
+
+def test_cli_refuses_a_classification_checkpoint_for_seg_eval(tmp_path, capsys):
+    from repvgg import create_model, save_checkpoint
+
+    ck = save_checkpoint(create_model("repvgg_a0", num_classes=10), tmp_path / "cls.safetensors")
+    assert main(["seg", "eval", "--checkpoint", str(ck)]) == 2
+    assert "not a segmenter checkpoint" in capsys.readouterr().err
