@@ -14,7 +14,7 @@ from repvgg.seg import load_segmenter
 from repvgg.seg.train import SegTrainer, poly_lr, prepare_seg_run, train_segmenter
 from repvgg.train import TrainingInterrupted
 
-TINY = {"scenes": {"size": 40, "num_train": 48, "num_test": 8}, "epochs": 2, "batch_size": 8,
+TINY = {"scenes": {"size": 48, "num_train": 48, "num_test": 8}, "epochs": 2, "batch_size": 8,
         "head_channels": 16, "threads": 1, "val_split": 0.17}
 
 
@@ -38,7 +38,7 @@ def test_train_writes_a_fused_deploy_checkpoint_that_agrees(tmp_path):
     deployed = load_segmenter(out / "deploy.safetensors")
     assert deployed.aux_head is None and deployed.spec["deployed"]
     assert not any(k.startswith("aux_head") for k in load_file(out / "deploy.safetensors"))
-    x = torch.randn(2, 3, 40, 40)
+    x = torch.randn(2, 3, 48, 48)
     trained = load_segmenter(out / "best.safetensors")
     assert torch.equal(trained(x).argmax(1), deployed(x).argmax(1))
 
@@ -122,3 +122,26 @@ def test_cli_refuses_a_classification_checkpoint_for_seg_eval(tmp_path, capsys):
     ck = save_checkpoint(create_model("repvgg_a0", num_classes=10), tmp_path / "cls.safetensors")
     assert main(["seg", "eval", "--checkpoint", str(ck)]) == 2
     assert "not a segmenter checkpoint" in capsys.readouterr().err
+
+
+def test_onnx_export_of_the_fused_segmenter(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from repvgg.deploy.export import export_model
+    from repvgg.seg import create_segmenter
+
+    train_form = create_segmenter("pspnet_repvgg_a0", 5, head_channels=16).eval()
+    with pytest.raises(ValueError, match="reparameterize"):
+        export_model(train_form, tmp_path / "x.onnx", image_size=(48, 48))
+    assert not (tmp_path / "x.onnx").exists()
+    out = tmp_path / "run"
+    train_segmenter(_cfg(out, epochs=1), out, quiet=True)
+    assert main(["export", "--checkpoint", str(out / "best.safetensors"), "--out", str(tmp_path / "s.onnx")]) == 0
+    text = capsys.readouterr()
+    assert "train-time segmenter checkpoint" in text.out + text.err
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "s.onnx")).graph.node}
+    assert ops <= {"Conv", "Relu", "AveragePool", "Resize", "Concat", "ReduceMean"}
+    assert main(["export", "--checkpoint", str(out / "deploy.safetensors"), "--out", str(tmp_path / "t.onnx"),
+                 "--image-size", "50", "50"]) == 2
+    assert "multiple of every bin" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 images, top-1 and CPU timing."""
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import time
@@ -26,6 +27,15 @@ def load_model(checkpoint: str | os.PathLike, log: Callable[[str], None] = print
 
     path = Path(checkpoint)
     meta = ckpt.read_metadata(path) or {}
+    if "segmenter" in meta:
+        from ..seg.models import load_segmenter
+
+        model = load_segmenter(path, deploy=True)
+        if not json.loads(meta["segmenter"]).get("deployed"):
+            log(f"note: {path.name} is a train-time segmenter checkpoint; re-parameterized its blocks and dropped "
+                "the auxiliary head before deployment")
+        model.checkpoint_meta = meta
+        return model
     build_args = meta.get("build_args") if isinstance(meta.get("build_args"), dict) else {}
     if meta.get("pruned_widths") and "channels" not in build_args:   # written before widths were build args
         from .prune import load_pruned
@@ -53,12 +63,14 @@ def _canonical(name: str) -> str:
 
 
 def default_image_size(model: nn.Module) -> tuple[int, int]:
-    """The size it was trained at (checkpoint metadata), else 28 for small-input models, else 224."""
+    """The size it was trained at (checkpoint metadata), else 28 for small-input models, 480 for a segmenter
+    (its pyramid pooling bins divide 480 / 8), else 224."""
     args, meta = getattr(model, "build_args", {}), getattr(model, "checkpoint_meta", {})
     size = meta.get("image_size")
     if isinstance(size, str):
         size = int(size) if size.isdigit() else None
-    size = size or (28 if args.get("small_input") else 224)
+    segmenter = hasattr(model, "head") and hasattr(getattr(model, "head"), "bins")
+    size = size or (28 if args.get("small_input") else 480 if segmenter else 224)
     return (size, size) if isinstance(size, int) else tuple(size)
 
 

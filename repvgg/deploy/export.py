@@ -33,6 +33,8 @@ TOLERANCE = 1e-4  # max |ours - torch| / max |torch|, fp32
 # What a deploy RepVGG may contain once exported: a plain network and nothing else.
 PLAIN_OPS = frozenset({"Conv", "Relu", "GlobalAveragePool", "ReduceMean", "Flatten", "Reshape", "Gemm"})
 SE_OPS = frozenset({"Sigmoid", "Mul"})
+# A segmenter's PSP head: pyramid pooling (AveragePool), upsampling (Resize) and the concatenation
+SEG_HEAD_OPS = frozenset({"AveragePool", "Concat", "Resize"})
 
 
 class ExportCheckError(ValueError):
@@ -135,10 +137,16 @@ def _export_onnx(model, tmp: Path, example, *, opset, dynamic_batch):
         raise ExportCheckError(f"the exporter produced opset {got}, not the requested {opset}")
     onnx.checker.check_model(proto, full_check=True)
     report.ops = Counter(n.op_type for n in proto.graph.node)
-    allowed = PLAIN_OPS | (SE_OPS if _has_se(model) else frozenset()) | _residual_ops(model)
+    segmenter = hasattr(model, "head") and hasattr(model.head, "bins")
+    allowed = (PLAIN_OPS | (SE_OPS if _has_se(model) else frozenset()) | _residual_ops(model)
+               | (SEG_HEAD_OPS if segmenter else frozenset()))
     extra = set(report.ops) - allowed
     if extra:
-        raise ExportCheckError(f"exported graph is not plain: unexpected ops {sorted(extra)}")
+        hint = ""
+        if segmenter:
+            hint = (f"; the pyramid pooling (bins {model.head.bins}) exports as plain AveragePool only when the "
+                    f"feature map (input / 8) is a multiple of every bin: use an input size such as 96, 480 or 713")
+        raise ExportCheckError(f"exported graph is not plain: unexpected ops {sorted(extra)}{hint}")
     data = proto.SerializeToString()
     tmp.write_bytes(data)
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])

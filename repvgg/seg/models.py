@@ -74,6 +74,17 @@ class Segmenter(nn.Module):
         self.backbone, self.head = backbone, head
         self.aux_head = TrainOnly(aux_head) if aux_head is not None else None
 
+    @property
+    def is_deployed(self) -> bool:
+        """No train-time block left and no aux head: what export and quantize accept."""
+        from ..reparam import FUSABLE
+
+        return self.aux_head is None and not any(isinstance(m, FUSABLE) and not m.deploy for m in self.modules())
+
+    @property
+    def in_chans(self) -> int:
+        return self.spec.get("in_chans", 3) if hasattr(self, "spec") else 3
+
     def forward(self, x: torch.Tensor):
         size = x.shape[-2:]
         feats = self.backbone(x)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -88,7 +89,8 @@ class SegTrainer:
     def _meta(self, **extra) -> dict:
         return {"segmenter": json.dumps(self.model.spec), "dataset": self.info.name, "class_names": self.info.class_names,
                 "mean": list(self.info.mean), "std": list(self.info.std), "recipe": self.cfg["recipe"],
-                "scenes": json.dumps(self.cfg.get("scenes")), **extra}
+                "scenes": json.dumps(self.cfg.get("scenes")),
+                "image_size": str(self.test_ds[0][0].shape[-1]), **extra}
 
     def save_last(self) -> None:
         save_checkpoint(self.model, self.out / "last.safetensors", metadata=self._meta(step=str(self.step)))
@@ -133,9 +135,14 @@ class SegTrainer:
                 self._train_epoch(stop, stop_at_step)
 
     def _train_epoch(self, stop: StopFlag, stop_at_step: int | None) -> None:
+        from tqdm import tqdm
+
         cfg, dev = self.cfg, self.device
         self.model.train()
         self.loader.set_epoch(self.epoch)
+        bar = tqdm(total=min(self.steps_per_epoch, self.total_steps - self.step + self.epoch_step), initial=self.epoch_step,
+                   desc=f"epoch {self.epoch + 1}", disable=True if self.quiet else None, leave=False,
+                   dynamic_ncols=True, file=sys.stderr)
         t_epoch, loss_sum, images, correct, seen, step_times = time.perf_counter(), 0.0, 0, 0, 0, []
         for i, (x, y) in enumerate(self.loader):
             if i < self.epoch_step:
@@ -166,11 +173,15 @@ class SegTrainer:
             dt = time.perf_counter() - t0
             self.train_time += dt
             step_times.append(dt)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / images:.3f}", pixel_acc=f"{100 * correct / max(1, seen):.1f}")
             if self.budget_s and (self.step == _CALIBRATION_STEPS or self.epoch_step == self.steps_per_epoch):
                 self._fit_budget(step_times)
             if stop.signum or (stop_at_step is not None and self.step >= stop_at_step):
                 if self.step < self.total_steps:
+                    bar.close()
                     self._interrupt(stop.signum)
+        bar.close()
         self.epoch += 1
         self.epoch_step = 0
         self._end_epoch(loss_sum / max(1, images), 100 * correct / max(1, seen), time.perf_counter() - t_epoch)
