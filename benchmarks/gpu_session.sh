@@ -1,22 +1,20 @@
 #!/usr/bin/env bash
-# Everything that waits for a GPU, in ONE device call of at most 10 minutes (a session that is lent a
-# GPU gets about 15 minutes of device time in all, the machine's start included).
+# Everything that waits for the lent machine, in ONE device call of at most 10 minutes (a session
+# gets about 15 minutes of device time in all, the machine's start included).
 #
-# Here, from the repo root (copies the full Fashion-MNIST into .gpu/, git-ignored):
-#     bash benchmarks/gpu_session.sh --prepare
-# then the device tool:  run(command="bash benchmarks/gpu_session.sh", carry=[".gpu"], timeout_s=570)
-# and here:  tar xzf <files_at>/gpu_results.tgz   (benchmarks/results/*cuda*, .gpu/ablation, the run's files)
+# Here: bash benchmarks/gpu_session.sh --prepare   (copies Fashion-MNIST into .gpu/, git-ignored)
+# then the device tool:  run(command="bash benchmarks/gpu_session.sh", carry=[".gpu/fashion-mnist"], timeout_s=590)
+# then here:  tar xzf <files_at>/gpu_results.tgz   (benchmarks/results/seg_*, .gpu/seg_runs/*)
 #
-# Steps, each under its own time limit so that one failing still leaves the others' results:
-#  1. (background) the short ablation of Tables 6-7 (12 block variants x 3 seeds, 6 epochs on the
-#     built-in subset), rerun with checkpoints picked on a validation split, by 4 workers sharing
-#     the runs through lock files; it writes .gpu/ablation/ (table, per-run logs and results);
-#  2. (at the same time) the >= 95.5% Fashion-MNIST run: full-width A0 at its own depths, the small
-#     recipe for 40 epochs at batch 256, bf16 autocast, best epoch picked on the validation split;
-#     if its time runs out it stops with a resumable state and its metrics so far still come back;
-#  3. benchmarks/bench_figures.py --device cuda --batch-size 128, with the bf16/fp16 top-1 check of
-#     the model step 2 trained (on the real test set).
-# Check the script itself on this CPU first (tiny settings; a few minutes):
+# Issue 24 (segmentation), two jobs at once:
+#  1. GPU: the paper's speed protocol (Table 8): 713x713, batch 16, fp32, deploy forms, the three
+#     pairs (A0 / ResNet-18, B1g2-fast / ResNet-50, B2 / ResNet-101) -> results/seg_speed_cuda_*.md;
+#  2. the machine's 16 CPU cores: fmnist-scenes training at the same CPU time for each model,
+#     2 threads per run, 6 runs side by side (pspnet_repvgg_a0, pspnet_resnet18,
+#     pspnet_repvgg_a0_fast; seeds 0 and 1), each with a fixed budget of training-step minutes
+#     (the poly schedule fitted to it), best epoch picked on the validation split, test mIoU of the
+#     train-time and fused forms at the end -> .gpu/seg_runs/<model>_s<seed>/.
+# Check the script on this CPU first (tiny settings, a few minutes):
 #     GPU_SESSION_DRY=1 bash benchmarks/gpu_session.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,43 +23,41 @@ if [[ "${1:-}" == "--prepare" ]]; then
     mkdir -p "$STAGE/fashion-mnist"
     grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
     cp /usr/share/datasets/fashion-mnist/*.gz "$STAGE/fashion-mnist/"
-    du -sh "$STAGE"
     exit 0
 fi
 OUT=${OUT:-/tmp/gpu_session_out}
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$STAGE/seg_runs"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+export REPVGG_CACHE="$STAGE/cache"
 PY=${PYTHON:-python3}
-ABL=(--model repvgg_a0 --width 0.25 --data fashion-mnist-builtin --variants all --seeds 3 --recipe small
-     --set 'depths=[2,4,14,1]' --set small_input=false --set threads=2 --set amp=false)
+# the full Fashion-MNIST the scenes are built from: carried in .gpu/fashion-mnist (the device machine
+# may lack the Debian package; `bash benchmarks/gpu_session.sh --prepare` copies it there)
+FMNIST=/usr/share/datasets/fashion-mnist
+[[ -d "$STAGE/fashion-mnist" ]] && FMNIST="$STAGE/fashion-mnist"
+MODELS=(pspnet_repvgg_a0 pspnet_resnet18 pspnet_repvgg_a0_fast)
+SEEDS=(0 1)
 if [[ -n "${GPU_SESSION_DRY:-}" ]]; then
-    DEVICE=cpu TAG=gpu_session_dry ABL_LIMIT=240 TRAIN_LIMIT=240 BENCH_LIMIT=300 WORKERS=1
-    ABL+=(--variants repvgg,plain --seeds 1 --epochs 1 --set train_subset=512)
-    TRAIN=(--epochs 1 -- --image-size 16 --batch-size 256 --width 0.25)
-    BENCH=(--batch-size 2 --image-size 32 --repeats 1 --warmup 1 --iters 1 --out "$OUT/bench_dry")
+    BUDGET=0.3 RUN_LIMIT=240 TAG=dry SPEED=(--device cpu --size 64 --batch-size 1 --repeats 1 --out seg_speed_dry)
+    SEEDS=(0) RECIPE="$STAGE/tiny.yaml"
+    printf 'scenes: {size: 48, num_train: 96, num_test: 16}\nbatch_size: 8\n' > "$STAGE/tiny.yaml"
 else
-    DEVICE=cuda TAG=long_cuda ABL_LIMIT=330 TRAIN_LIMIT=330 BENCH_LIMIT=170 WORKERS=4
-    TRAIN=(--epochs 40 -- --width 1.0 --depths model --batch-size 256 --amp bf16)
-    BENCH=(--batch-size 128)
+    BUDGET=6.5 RUN_LIMIT=560 TAG=16core SPEED=(--device cuda --size 713 --batch-size 16 --table8 --repeats 10)
+    RECIPE=scenes
 fi
-{ nvidia-smi -L || true; $PY -c "import torch; print(torch.__version__, torch.cuda.is_available())"; } 2>&1 \
+{ nvidia-smi -L || true; $PY -c "import torch; print(torch.__version__, torch.cuda.is_available())"; nproc; } 2>&1 \
     | tee "$OUT/session.log"
-for w in $(seq "$WORKERS"); do
-    timeout -s TERM -k 20 "$ABL_LIMIT" $PY -m repvgg ablate "${ABL[@]}" --set device="$DEVICE" \
-        --output "$STAGE/ablation" > "$OUT/ablation_worker$w.log" 2>&1 &
-    sleep 2   # the workers claim runs in turn
-done
-timeout -s TERM -k 30 "$TRAIN_LIMIT" $PY benchmarks/train_fashion_mnist.py --device "$DEVICE" --tag "$TAG" \
-    --data-dir "$STAGE/fashion-mnist" --target 95.5 --runs "$STAGE/runs" "${TRAIN[@]}" 2>&1 \
-    | tee -a "$OUT/session.log"
-echo "train exit ${PIPESTATUS[0]}" | tee -a "$OUT/session.log"
-TRAINED="$STAGE/runs/bench-fmnist-$TAG/deploy.safetensors"
-[[ -f "$TRAINED" ]] && CKPT=(--checkpoint "$TRAINED" --data-dir "$STAGE/fashion-mnist") || CKPT=()
-timeout "$BENCH_LIMIT" $PY benchmarks/bench_figures.py --device "$DEVICE" "${BENCH[@]}" "${CKPT[@]}" 2>&1 \
-    | tee -a "$OUT/session.log"
-echo "bench_figures exit ${PIPESTATUS[0]}" | tee -a "$OUT/session.log"
+# the scenes once, before the runs share the cache
+$PY -c "import sys; from repvgg.seg.config import resolve_seg_config; from repvgg.seg.scenes import load_scenes
+load_scenes(sys.argv[2], **resolve_seg_config(sys.argv[1])['scenes'])" "$RECIPE" "$FMNIST" 2>&1 | tee -a "$OUT/session.log"
+timeout -s TERM -k 20 "$RUN_LIMIT" $PY benchmarks/seg_scenes.py --models "${MODELS[@]}" --seeds "${SEEDS[@]}" \
+    --budget-min "$BUDGET" --threads 2 --parallel 6 --recipe "$RECIPE" --runs "$STAGE/seg_runs" --tag "$TAG" \
+    --data-dir "$FMNIST" \
+    > "$OUT/seg_scenes.log" 2>&1 &
+timeout 300 $PY benchmarks/seg_speed.py "${SPEED[@]}" 2>&1 | tee -a "$OUT/session.log"
+echo "seg_speed exit ${PIPESTATUS[0]}" | tee -a "$OUT/session.log"
 wait
-echo "ablation workers done" | tee -a "$OUT/session.log"
-tar czf "$OUT/gpu_results.tgz" benchmarks/results/*cuda* benchmarks/results/*"$TAG"* "$STAGE/ablation" \
-    "$STAGE/runs/bench-fmnist-$TAG"/{metrics.jsonl,train.log,config.yaml,summary.json,curves.png} 2>/dev/null
+echo "runs done" | tee -a "$OUT/session.log"
+cat "$OUT/seg_scenes.log"
+tar czf "$OUT/gpu_results.tgz" benchmarks/results/seg_speed_* benchmarks/results/seg_scenes_* \
+    "$STAGE"/seg_runs/*/{metrics.jsonl,metrics.csv,train.log,config.yaml,summary.json,curves.png,samples.png} 2>/dev/null
 ls -la "$OUT"

@@ -1,6 +1,7 @@
 """Table 8's speed pairs on a CPU: PSPNet on fused RepVGG vs on dilated ResNets, same head, side by side.
 
     nice -n 10 python benchmarks/seg_speed.py --size 512 --threads 2
+    python benchmarks/seg_speed.py --device cuda --size 713 --batch-size 16 --table8   # the paper's protocol
 
 Every segmenter in its deploy form (RepVGG fused; then every remaining conv-BN pair folded with
 torch.fx, the ResNets' and the heads' alike), fp32, batch 1, output stride 8, the aux head absent;
@@ -33,32 +34,47 @@ def main() -> int:
     ap.add_argument("--classes", type=int, default=19)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default="seg_speed_cpu")
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--table8", action="store_true", help="also Table 8's third pair, B2 vs ResNet-101")
+    ap.add_argument("--out", help="results name (default seg_speed_cpu / seg_speed_cuda_<gpu>)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    pairs = PAIRS + ([("pspnet_repvgg_b2", "pspnet_resnet101")] if args.table8 else [])
     rows = []
-    for ours, theirs in PAIRS:
-        pair = compare_speed([theirs, ours], size=args.size, batch=1, classes=args.classes, repeats=args.repeats)
+    for ours, theirs in pairs:
+        pair = compare_speed([theirs, ours], size=args.size, batch=args.batch_size, classes=args.classes,
+                             repeats=args.repeats, device=args.device)
         pair[1]["speedup_vs_pair"] = pair[1].pop("speed_vs_first")
         pair[0].pop("speed_vs_first")
         rows += [pair[1], pair[0]]
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
+    hw = f"{cpu}, {args.threads} torch threads"
+    name = args.out or "seg_speed_cpu"
+    if args.device.startswith("cuda"):
+        gpu = torch.cuda.get_device_name()
+        hw = f"{gpu} (CUDA {torch.version.cuda})"
+        name = args.out or "seg_speed_cuda_" + gpu.split()[-1].lower()
     cmd = "python " + " ".join(sys.argv)
-    result = {"command": cmd, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu,
-              "threads": args.threads, "torch": torch.__version__, "size": args.size, "rows": rows}
+    result = {"command": cmd, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "hardware": hw,
+              "device": args.device, "batch_size": args.batch_size, "torch": torch.__version__, "size": args.size, "rows": rows}
     out = Path(__file__).parent / "results"
-    (out / f"{args.out}.json").write_text(json.dumps(result, indent=2))
-    md = [f"# PSPNet speed pairs (paper Table 8 protocol, CPU): {args.size}x{args.size}, batch 1, fp32, "
-          "deploy forms, conv-BN folded", "", f"- command: `{cmd}`",
-          f"- {result['date']}; {cpu}, {args.threads} torch threads, torch {torch.__version__}; pairs timed "
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    md = [f"# PSPNet speed pairs (paper Table 8 protocol, {args.device}): {args.size}x{args.size}, batch "
+          f"{args.batch_size}, fp32, deploy forms, conv-BN folded", "", f"- command: `{cmd}`",
+          f"- {result['date']}; {hw}, torch {torch.__version__}; pairs timed "
           f"interleaved, median of {args.repeats}", "",
-          "| segmenter | ms / image | speed-up vs its pair | params backbone / head (M) | GMACs backbone / head |",
-          "|---|---|---|---|---|"]
+          f"| segmenter | ms / batch of {args.batch_size} | speed-up vs its pair | params backbone / head (M) | "
+          "GMACs per image backbone / head |", "|---|---|---|---|---|"]
     md += [f"| {r['model']} | {r['ms']:.0f} | {_ratio(r)} | "
            f"{r['params_backbone_m']:.1f} / {r['params_head_m']:.1f} | {r['gmacs_backbone']:.1f} / "
            f"{r['gmacs_head']:.1f} |" for r in rows]
-    (out / f"{args.out}.md").write_text("\n".join(md) + "\n")
+    old = out / f"{name}.md"
+    story = old.read_text().split("\n## ", 1) if old.is_file() else []
+    if len(story) == 2:                      # the hand-written analysis below the table is kept
+        md += ["", "## " + story[1].rstrip("\n")]
+    old.write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0
 

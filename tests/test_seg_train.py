@@ -145,3 +145,39 @@ def test_onnx_export_of_the_fused_segmenter(tmp_path, capsys):
     assert main(["export", "--checkpoint", str(out / "deploy.safetensors"), "--out", str(tmp_path / "t.onnx"),
                  "--image-size", "50", "50"]) == 2
     assert "multiple of every bin" in capsys.readouterr().err
+
+
+def test_cli_bench_prints_the_pair_and_refuses_unknown_names(capsys):
+    assert main(["seg", "bench", "pspnet_repvgg_a0", "pspnet_resnet18", "--size", "48", "--repeats", "1",
+                 "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| pspnet_repvgg_a0 |" in out and "| pspnet_resnet18 |" in out and "1.00x" in out
+    assert main(["seg", "bench", "pspnet_vgg16"]) == 2
+    assert "unknown segmenter" in capsys.readouterr().err
+
+
+def test_seg_scenes_benchmark_collects_finished_runs(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "seg_scenes.py"
+    spec = importlib.util.spec_from_file_location("seg_scenes_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    runs = tmp_path / "runs"
+    for m, s, miou in (("pspnet_repvgg_a0", 0, 50.0), ("pspnet_repvgg_a0", 1, 52.0), ("pspnet_resnet18", 0, 40.0)):
+        d = runs / f"{m}_s{s}"
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps({
+            "deploy_miou": miou, "train_miou": miou, "pixel_acc": 90.0, "val_miou": "49.0", "pixel_agreement_pct": 100.0,
+            "fusion_ok": True, "train_time_s": 60.0, "best_epoch": "3", "per_class_iou": {}}))
+        (d / "metrics.jsonl").write_text(json.dumps({"epoch": 3, "step": 120}) + "\n")
+    monkeypatch.setattr(mod, "ROOT", tmp_path)
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    monkeypatch.setattr(sys, "argv", ["seg_scenes.py", "--collect-only", "--runs", str(runs), "--seeds", "0", "1",
+                                      "--models", "pspnet_repvgg_a0", "pspnet_resnet18", "--tag", "t"])
+    assert mod.main() == 0
+    md = (tmp_path / "benchmarks" / "results" / "seg_scenes_t.md").read_text()
+    assert "| pspnet_repvgg_a0 | 51.00 +- 1.41 | 50.00, 52.00 |" in md
+    assert "| pspnet_resnet18 | 40.00 +- 0.00 | 40.00 |" in md

@@ -84,6 +84,8 @@ def check_seg_config(cfg: dict) -> dict:
     split = cfg["val_split"]
     if isinstance(split, bool) or not isinstance(split, (int, float)) or not 0 <= split < 1:
         raise ValueError(f"val_split must be a fraction in [0, 1), got {split!r}")
+    if cfg["optimizer"] not in ("sgd", "adamw"):
+        raise ValueError(f"optimizer must be sgd or adamw, got {cfg['optimizer']!r}")
     if cfg["amp"] not in (True, False):
         raise ValueError(f"amp must be true or false, got {cfg['amp']!r}")
     return cfg

@@ -20,10 +20,9 @@ import torch.nn.functional as F
 from ..data.fashion_mnist import CLASSES, find_fashion_mnist, load_split
 from ..fileio import atomic_write
 
-SCENES_VERSION = 2
+SCENES_VERSION = 3
 CLASS_NAMES = ["background"] + CLASSES
 DEFAULTS = {"size": 96, "num_train": 6000, "num_test": 1000, "items": (3, 5), "scale": (1.0, 2.2)}
-_ALPHA_LABEL = 0.2     # an item's pixel is labelled where its opacity (brightness / 255) exceeds this
 
 
 def cache_dir() -> Path:
@@ -50,12 +49,14 @@ def compose_scene(items: torch.Tensor, labels: torch.Tensor, g: torch.Generator,
         i = int(torch.randint(len(items), (), generator=g))
         s = int(round(28 * (scale[0] + (scale[1] - scale[0]) * float(torch.rand((), generator=g)))))
         s = min(s, size)
-        alpha = F.interpolate(items[i:i + 1].float() / 255, size=(s, s), mode="bilinear", align_corners=False)[0, 0]
+        shape = F.interpolate(items[i:i + 1].float() / 255, size=(s, s), mode="bilinear", align_corners=False)[0, 0]
+        alpha = (shape * 4).clamp(max=1)           # opaque cloth, soft only at the outline
         y0, x0 = (int(torch.randint(size - s + 1, (), generator=g)) for _ in range(2))
         colour = 255 * (0.05 + 0.9 * torch.rand(3, 1, 1, generator=g))     # darker or brighter than the ground
+        cloth = colour * (0.35 + 0.65 * shape)     # the item's own shading and texture kept
         region = img[:, y0:y0 + s, x0:x0 + s]
-        img[:, y0:y0 + s, x0:x0 + s] = region * (1 - alpha) + colour * alpha
-        mask[y0:y0 + s, x0:x0 + s][alpha > _ALPHA_LABEL] = int(labels[i]) + 1
+        img[:, y0:y0 + s, x0:x0 + s] = region * (1 - alpha) + cloth * alpha
+        mask[y0:y0 + s, x0:x0 + s][alpha > 0.5] = int(labels[i]) + 1
     return img.round().clamp(0, 255).to(torch.uint8), mask
 
 

@@ -70,8 +70,9 @@ class SegTrainer:
         self.model = create_segmenter(cfg["model"], self.info.num_classes, in_chans=self.info.in_chans,
                                       head_channels=cfg["head_channels"],
                                       backbone_checkpoint=cfg["backbone_checkpoint"]).to(self.device)
-        self.optimizer = torch.optim.SGD(param_groups(self.model, cfg["weight_decay"]), lr=cfg["lr"],
-                                         momentum=cfg["momentum"])
+        groups = param_groups(self.model, cfg["weight_decay"])
+        self.optimizer = (torch.optim.AdamW(groups, lr=cfg["lr"]) if cfg["optimizer"] == "adamw" else
+                          torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"]))
         self.total_steps = cfg["epochs"] * self.steps_per_epoch
         self.budget_s = 60 * cfg["time_budget_min"] if cfg["time_budget_min"] else None
         self.epoch, self.epoch_step, self.step, self.best, self.best_epoch = 0, 0, 0, -1.0, 0
