@@ -58,7 +58,13 @@ def register(sub) -> None:
     q.add_argument("--calib-batches", type=int, default=8, help="training batches for calibration (default 8)")
     q.add_argument("--batch-size", type=int, default=64, help="calibration / evaluation / timing batch")
     q.add_argument("--method", default="ort", help="ort (onnxruntime static QDQ) | torch (PT2E with the X86 "
-                                                  "Inductor quantizer, needs torchao: pip install 'repvgg[int8]')")
+                                                  "Inductor quantizer, needs torchao: pip install 'repvgg[int8]') | "
+                                                  "qat (quantization-aware fine-tuning, then onnxruntime QDQ)")
+    q.add_argument("--qat-on", choices=("train", "fused"), help="--method qat: train the branches of the train-time "
+                   "form through their fake-quantized fused kernel (default for a train-time checkpoint), or the fused "
+                   "convs directly (default for a fused one)")
+    q.add_argument("--epochs", type=int, default=1, help="--method qat: fine-tuning epochs (default 1)")
+    q.add_argument("--lr", type=float, default=0.01, help="--method qat: peak lr of the one-cycle fine-tune")
     q.add_argument("--calibrate", help="--method ort: minmax (default) | percentile | entropy; "
                                        "--method torch uses the quantizer's histogram observers")
     q.add_argument("--fp32-out", help="also keep the verified fp32 .onnx here")
@@ -164,8 +170,10 @@ def run_quantize(args) -> int:
     from ..deploy.quantize import CALIBRATION, METHODS, calibration_batches, compare, quantize_model
     from ..optional import require
 
-    if args.method not in METHODS:
-        raise ValueError(f"unknown --method {args.method!r}; supported: {', '.join(METHODS)}")
+    if args.method not in METHODS + ("qat",):
+        raise ValueError(f"unknown --method {args.method!r}; supported: {', '.join(METHODS + ('qat',))}")
+    if args.method != "qat" and args.qat_on is not None:
+        raise ValueError("--qat-on applies to --method qat only")
     if args.method == "torch":
         from ..deploy.quantize_pt2e import require_torchao
 
@@ -182,13 +190,19 @@ def run_quantize(args) -> int:
         raise ValueError(f"unknown --calibrate {calibrate!r}; supported: {', '.join(CALIBRATION)}")
     if args.calib_batches < 1:
         raise ValueError(f"--calib-batches must be >= 1, got {args.calib_batches}")
-    out = _output(args, (".int8.onnx", ".onnx") if args.method == "ort" else (".int8.safetensors", ".safetensors"))
+    out = _output(args, (".int8.safetensors", ".safetensors") if args.method == "torch" else (".int8.onnx", ".onnx"))
     if args.fp32_out:
         check_output_path(args.fp32_out, [args.checkpoint, out], force=args.force, suffixes=(".onnx",),
                           what="--fp32-out")
-    model = _load(args)
+    model = _load_for_qat(args) if args.method == "qat" else _load(args)
     train_ds, test_ds, info = _datasets(args, model)
     calib = calibration_batches(train_ds, args.batch_size, args.calib_batches)
+    if args.method == "qat":
+        from ..deploy.qat import qat_finetune
+
+        meta = model.checkpoint_meta
+        model = qat_finetune(model, train_ds, args.epochs, per_channel=not args.per_tensor, lr=args.lr)
+        model.checkpoint_meta = meta
     test_loader = _test_loader(test_ds, args.batch_size, args.eval_images)
     if args.method == "torch":
         from ..deploy.quantize_pt2e import compare_pt2e
@@ -210,6 +224,23 @@ def run_quantize(args) -> int:
     report.fp32_ms, report.int8_ms, report.batch_size = res.get("fp32_ms"), res.get("int8_ms"), len(calib[0])
     print(report.summary())
     return 0
+
+
+def _load_for_qat(args):
+    """The model QAT trains: the train-time form if the file holds it (unless --qat-on fused), else fused."""
+    from ..checkpoint import read_metadata
+    from ..rebuild import model_from_checkpoint
+
+    model = model_from_checkpoint(args.checkpoint, **model_overrides(args))
+    train_form = not getattr(model, "is_deployed", True)
+    on = args.qat_on or ("train" if train_form else "fused")
+    if on == "train" and not train_form:
+        raise ValueError(f"--qat-on train needs a train-time checkpoint; {args.checkpoint} holds the fused form, "
+                         "whose 3x3 convs cannot be split back into branches (use --qat-on fused, or give best.safetensors)")
+    if on == "fused":
+        return _load(args)
+    model.checkpoint_meta = read_metadata(args.checkpoint)
+    return model.eval()
 
 
 def _keep_fp32(args, model, calib, test_loader, out: Path) -> list[str]:

@@ -21,7 +21,8 @@ from .prune import plain_layers, select_kept
 def finetune(model: nn.Module, train_ds, epochs: int, *, lr: float = 0.05, batch_size: int = 128,
              weight_decay: float = 5e-5, label_smoothing: float = 0.1, seed: int = 0,
              teacher: nn.Module | None = None, temperature: float = 4.0, distill_weight: float = 0.5,
-             feature_weight: float = 0.0, ema_decay: float | None = None, log=print) -> nn.Module:
+             feature_weight: float = 0.0, ema_decay: float | None = None, allow_bf16: bool = True,
+             log=print) -> nn.Module:
     """Briefly retrain a fused (e.g. pruned) model: SGD + one-cycle, bf16 where it is faster.
 
     With ``teacher`` (the unpruned model) a ``distill_weight`` share of the loss is distillation towards
@@ -50,7 +51,7 @@ def finetune(model: nn.Module, train_ds, epochs: int, *, lr: float = 0.05, batch
                           lr=lr, momentum=0.9, nesterov=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * len(loader), pct_start=0.1)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    use_bf16 = _bf16_is_faster(model, (batch_size, *train_ds[0][0].shape), log)
+    use_bf16 = allow_bf16 and _bf16_is_faster(model, (batch_size, *train_ds[0][0].shape), log)
     if teacher is not None:
         teacher.eval()
     model.train()
