@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.results_md import write_keeping_story  # noqa: E402
 
 
 def _cpu() -> str:
@@ -96,11 +98,7 @@ def write(result: dict, tag: str) -> str:
         agree = min(x["agreement_pct"] for x in r["runs"])
         md.append(f"| {r['model']} | {r['test_miou_mean']:.2f} +- {r['test_miou_sd']:.2f} | {seeds} | {acc:.2f} | "
                   f"{steps} | {'yes' if same else 'NO'} (labels {agree:.3f}% identical) |")
-    old = out / f"{name}.md"
-    story = old.read_text().split("\n## ", 1) if old.is_file() else []
-    if len(story) == 2:                      # the hand-written analysis below the table is kept
-        md += ["", "## " + story[1].rstrip("\n")]
-    old.write_text("\n".join(md) + "\n")
+    write_keeping_story(out / f"{name}.md", md)
     return "\n".join(md)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.results_md import write_keeping_story  # noqa: E402
 from repvgg.seg.bench import PAIRS, compare_speed  # noqa: E402
 
 
@@ -70,11 +71,7 @@ def main() -> int:
     md += [f"| {r['model']} | {r['ms']:.0f} | {_ratio(r)} | "
            f"{r['params_backbone_m']:.1f} / {r['params_head_m']:.1f} | {r['gmacs_backbone']:.1f} / "
            f"{r['gmacs_head']:.1f} |" for r in rows]
-    old = out / f"{name}.md"
-    story = old.read_text().split("\n## ", 1) if old.is_file() else []
-    if len(story) == 2:                      # the hand-written analysis below the table is kept
-        md += ["", "## " + story[1].rstrip("\n")]
-    old.write_text("\n".join(md) + "\n")
+    write_keeping_story(out / f"{name}.md", md)
     print("\n".join(md))
     return 0
 
