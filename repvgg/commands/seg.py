@@ -69,6 +69,7 @@ def register(sub) -> None:
     b.add_argument("--size", type=int, default=512)
     b.add_argument("--batch-size", type=int, default=1)
     b.add_argument("--classes", type=int, default=19)
+    b.add_argument("--head-channels", type=int, default=512, help="PSP head width (paper: 512)")
     b.add_argument("--repeats", type=int, default=5)
     b.add_argument("--device", default="cpu")
     b.add_argument("--threads", type=int)
@@ -139,7 +140,8 @@ def run_bench(args) -> int:
         raise ValueError(f"unknown segmenter(s) {unknown}; e.g. pspnet_repvgg_a0, pspnet_resnet18")
     note = set_threads(args.threads)
     rows = compare_speed(args.models, size=args.size, batch=args.batch_size, classes=args.classes,
-                         repeats=args.repeats, device=args.device)
-    print(f"{args.size}x{args.size}, batch {args.batch_size}, fp32, deploy forms, {args.device}; threads: {note}")
+                         repeats=args.repeats, device=args.device, head_channels=args.head_channels)
+    print(f"{args.size}x{args.size}, batch {args.batch_size}, fp32, deploy forms, head {args.head_channels} ch, "
+          f"{args.device}; threads: {note}")
     print(format_rows(rows, args.batch_size))
     return 0
