@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from ..train.config import RECIPE_DIR
+from ..train.config import RECIPE_DIR, apply_overrides
 
 SEG_RECIPES = ("scenes", "cityscapes")
 SEG_RUN_FILES = ("config.yaml", "last.safetensors", "last.state.pt", "best.safetensors", "deploy.safetensors",
@@ -41,14 +41,7 @@ def load_seg_recipe(recipe: str | os.PathLike = "scenes") -> dict:
 
 
 def resolve_seg_config(recipe="scenes", overrides: dict | None = None) -> dict:
-    cfg = load_seg_recipe(recipe)
-    for k, v in (overrides or {}).items():
-        if v is None:
-            continue
-        if k not in cfg:
-            raise ValueError(f"unknown setting {k!r}; known: {sorted(cfg)}")
-        cfg[k] = v
-    return check_seg_config(cfg)
+    return check_seg_config(apply_overrides(load_seg_recipe(recipe), overrides))
 
 
 def check_seg_config(cfg: dict) -> dict:

@@ -23,8 +23,8 @@ from ..train.config import save_config
 from ..train.interrupt import StopFlag, TrainingInterrupted
 from ..train.metrics import MetricsLog
 from ..train.optim import param_groups
-from ..train.run_folder import clear_run, prepare_run
-from ..train.state import load_state, rng_state, save_state, seed_everything, set_rng_state
+from ..train.run_folder import clear_run, load_last, prepare_run
+from ..train.state import rng_state, save_state, seed_everything, set_rng_state
 from ..fileio import atomic_write_text
 from .config import SEG_RUN_FILES, resolve_seg_config
 from .data import build_seg_datasets, build_seg_loader, eval_transform, hold_out
@@ -101,12 +101,7 @@ class SegTrainer:
                    config=dict(self.cfg))
 
     def _load_last(self) -> None:
-        from ..checkpoint import load_checkpoint
-
-        st = load_state(self.out / "last.state.pt")
-        load_checkpoint(self.model, self.out / "last.safetensors")
-        if read_metadata(self.out / "last.safetensors").get("step") != str(st["step"]):
-            raise ValueError(f"{self.out}: last.safetensors and last.state.pt are from different steps")
+        st = load_last(self.model, self.out)
         self.optimizer.load_state_dict(st["optimizer"])
         self.epoch, self.epoch_step, self.step = st["epoch"], st["epoch_step"], st["step"]
         self.best, self.best_epoch, self.train_time = st["best"], st["best_epoch"], st["elapsed"]

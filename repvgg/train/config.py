@@ -79,14 +79,18 @@ def training_augmentation(meta: dict) -> dict:
 
 def resolve_config(recipe: str | os.PathLike = "normal", overrides: dict | None = None) -> dict:
     """Recipe + overrides (None values mean "not given" and are ignored), validated."""
-    cfg = load_recipe(recipe)
+    return check_config(apply_overrides(load_recipe(recipe), overrides))
+
+
+def apply_overrides(cfg: dict, overrides: dict | None) -> dict:
+    """Set each given override on ``cfg`` (None = not given); a key the recipe lacks is an error."""
     for k, v in (overrides or {}).items():
         if v is None:
             continue
         if k not in cfg:
             raise ValueError(f"unknown setting {k!r}; known: {sorted(cfg)}")
         cfg[k] = v
-    return check_config(cfg)
+    return cfg
 
 
 def check_config(cfg: dict) -> dict:

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data import build_datasets, build_loader, split_validation, train_subset
 from ..evaluate import evaluate
 from ..factory import create_model
@@ -34,8 +34,8 @@ from .grad_ckpt import GradCheckpointed
 from .interrupt import StopFlag, TrainingInterrupted
 from .metrics import MetricsLog
 from .optim import build_optimizer, build_scheduler, scaled_lr
-from .run_folder import clear_run, finish_run
-from .state import load_state, rng_state, save_state, seed_everything, set_rng_state
+from .run_folder import clear_run, finish_run, load_last
+from .state import rng_state, save_state, seed_everything, set_rng_state
 
 _PRECISION = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}
 
@@ -170,10 +170,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def _load_last(self) -> None:
-        st = load_state(self.out / "last.state.pt")
-        load_checkpoint(self.model, self.out / "last.safetensors")
-        if read_metadata(self.out / "last.safetensors").get("step") != str(st["step"]):
-            raise ValueError(f"{self.out}: last.safetensors and last.state.pt are from different steps")
+        st = load_last(self.model, self.out)
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         self.scaler.load_state_dict(st["scaler"])

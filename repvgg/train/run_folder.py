@@ -12,13 +12,14 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import read_metadata, save_checkpoint
+from ..checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from ..rebuild import model_from_checkpoint
 from ..data import build_loader
 from ..evaluate import compare_predictions, evaluate, format_report, save_confusion_png
 from ..reparam import reparameterize
 from ..fileio import atomic_write_text
 from .config import MODEL_DEPTHS, read_config, resolve_config
+from .state import load_state
 
 # files a run writes; --overwrite removes exactly these, never anything else in the folder
 RUN_FILES = ("config.yaml", "last.safetensors", "last_ema.safetensors", "last.state.pt",
@@ -59,6 +60,16 @@ def prepare_run(output, recipe="normal", overrides: dict | None = None, *, resum
         raise FileExistsError(f"{out} already holds a run ({', '.join(present[:3])}...); use --resume to "
                               f"continue it, --overwrite to replace it, or another --output")
     return cfg
+
+
+def load_last(model, out: Path) -> dict:
+    """Load ``out/last.safetensors`` into ``model`` and return ``out/last.state.pt``; a pair from two
+    different steps (a crash between the two writes) is refused."""
+    st = load_state(out / "last.state.pt")
+    load_checkpoint(model, out / "last.safetensors")
+    if read_metadata(out / "last.safetensors").get("step") != str(st["step"]):
+        raise ValueError(f"{out}: last.safetensors and last.state.pt are from different steps")
+    return st
 
 
 def clear_run(out: Path, run_files=RUN_FILES) -> None:
