@@ -1,4 +1,5 @@
 """INT8: a QDQ model with per-channel weights that tracks fp32, and clear errors without files."""
+import json
 import shutil
 from collections import Counter
 
@@ -225,6 +226,7 @@ def test_sensitivity_ranks_layers_and_keep_fp32_leaves_them_in_float(tmp_path, c
     assert main(base + ["--out", str(out), "--sensitivity", "--keep-fp32", "2"]) == 0
     text = capsys.readouterr().out
     assert "per-layer sensitivity" in text and "kept in float" in text
+    assert "600 validation images" in text and "may have been trained on" in text   # no val_split metadata here
     csv_text = (tmp_path / "s.sensitivity.csv").read_text()
     assert csv_text.count("fused") == 5 and "head.fc" in csv_text and (tmp_path / "s.sensitivity.png").is_file()
     kept = text.split("kept in float: ")[1].splitlines()[0].split(", ")
@@ -233,6 +235,12 @@ def test_sensitivity_ranks_layers_and_keep_fp32_leaves_them_in_float(tmp_path, c
     named = tmp_path / "n.int8.onnx"
     assert main(base + ["--out", str(named), "--keep-fp32", "stem.fused,head.fc"]) == 0
     assert "kept in float: stem.fused, head.fc" in capsys.readouterr().out
+    auto = tmp_path / "a.int8.onnx"
+    assert main(base + ["--out", str(auto), "--sensitivity", "--keep-fp32", "auto"]) == 0
+    text = capsys.readouterr().out
+    k = int(text.split("--keep-fp32 auto: K = ")[1].split()[0])
+    curve = csv_text.split("keep_fp32_K")[1].splitlines()[1:]
+    assert auto.is_file() and 0 <= k <= len(curve) - 1 and ("kept in float" in text) == (k > 0)
     fewer = [n for n in onnx.load(str(named)).graph.node if n.op_type == "DequantizeLinear"]
     assert fewer and len(fewer) < len([n for n in onnx.load(str(tmp_path / "s.int8.onnx")).graph.node]) and quantized
 
@@ -240,6 +248,7 @@ def test_sensitivity_ranks_layers_and_keep_fp32_leaves_them_in_float(tmp_path, c
 @pytest.mark.parametrize("extra, message", [
     (["--keep-fp32", "stem.fused,nope"], "unknown layer"),
     (["--keep-fp32", "3"], "add --sensitivity"),
+    (["--keep-fp32", "auto"], "add --sensitivity"),
     (["--method", "torch", "--keep-fp32", "1"], "--method ort only"),
 ])
 def test_keep_fp32_bad_input(tmp_path, a0_deploy_ckpt, capsys, extra, message):
@@ -247,3 +256,40 @@ def test_keep_fp32_bad_input(tmp_path, a0_deploy_ckpt, capsys, extra, message):
             "--calib-batches", "1", "--out", str(tmp_path / "x.int8.onnx"), *extra]
     assert main(argv) == 2 and message in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_choose_keep_k_takes_the_fewest_float_layers_within_tolerance():
+    from repvgg.deploy.sensitivity import choose_keep_k
+
+    curve = [{"keep_fp32": k, "int8_top1": t} for k, t in enumerate([80.0, 89.0, 89.5, 89.9, 90.0])]
+    assert choose_keep_k(curve, 90.0) == 3                  # 89.9 is within 0.1 of 90.0
+    assert choose_keep_k(curve, 90.0, tolerance=1.0) == 1
+    assert choose_keep_k(curve, 95.0) == 4                  # none within: the best one
+    flat = [{"keep_fp32": k, "int8_top1": 70.0} for k in range(3)]
+    assert choose_keep_k(flat, 90.0) == 0                   # ties: the fewest float layers
+
+
+def test_held_out_split_is_the_one_training_used():
+    from repvgg.data import build_datasets
+    from repvgg.data.build import split_validation
+    from repvgg.deploy.sensitivity import held_out_split
+
+    train_ds, test_ds, _ = build_datasets("fashion-mnist-builtin", None, None)
+    _, val, note = held_out_split(train_ds, test_ds, {"val_split": '{"fraction": 0.2, "seed": 3}'})
+    _, expected = split_validation(train_ds, test_ds, 0.2, 3)
+    assert torch.equal(val.images, expected.images) and "held out (seed 3)" in note
+    _, val, note = held_out_split(train_ds, test_ds, {})
+    assert len(val) == round(0.1 * len(train_ds)) and "may have been trained on" in note
+
+
+def test_training_records_its_validation_split(tmp_path):
+    from repvgg.checkpoint import read_metadata
+    from repvgg.train.loop import _meta
+
+    class Info:
+        name, class_names, image_size, mean, std = "x", ["a"], 8, (0.5,), (0.5,)
+
+    meta = _meta({"val_split": 0.1, "seed": 4, "recipe": "small"}, Info())
+    assert meta["val_split"] == {"fraction": 0.1, "seed": 4}
+    ckpt = save_checkpoint(torch.nn.Linear(2, 2), tmp_path / "m.safetensors", metadata=meta)
+    assert json.loads(read_metadata(ckpt)["val_split"]) == {"fraction": 0.1, "seed": 4}

@@ -70,9 +70,11 @@ def register(sub) -> None:
     q.add_argument("--fp32-out", help="also keep the verified fp32 .onnx here")
     q.add_argument("--sensitivity", action="store_true",
                    help="--method ort: quantize one layer at a time, print the top-1 drop per layer (worst first) and "
-                        "write OUT.sensitivity.csv/.png; then top-1 and speed with the K worst kept in float, K = 0..n")
+                        "write OUT.sensitivity.csv/.png; then top-1 and speed with the K worst kept in float, K = 0..n; "
+                        "measured on the validation images the checkpoint's training held out, never the test set")
     q.add_argument("--keep-fp32", help="--method ort: leave layers in float: K (the K most sensitive, measured "
-                                       "first) or comma-separated layer names (e.g. stem.fused,head.fc)")
+                                       "first), auto (the fewest within 0.1 points of fp32 on validation) or "
+                                       "comma-separated layer names (e.g. stem.fused,head.fc)")
     q.add_argument("--per-tensor", action="store_true",
                    help="--method ort: one symmetric scale per weight tensor (as TensorRT / many NPUs) instead of per "
                         "output channel")
@@ -196,7 +198,12 @@ def run_quantize(args) -> int:
                           what="--fp32-out")
     model = _load_for_qat(args) if args.method == "qat" else _load(args)
     train_ds, test_ds, info = _datasets(args, model)
-    calib = calibration_batches(train_ds, args.batch_size, args.calib_batches)
+    calib_ds = train_ds
+    if args.sensitivity:       # calibrate on the images not used to rank layers
+        from ..deploy.sensitivity import held_out_split
+
+        calib_ds = held_out_split(train_ds, test_ds, getattr(model, "checkpoint_meta", {}))[0]
+    calib = calibration_batches(calib_ds, args.batch_size, args.calib_batches)
     if args.method == "qat":
         from ..deploy.qat import qat_finetune
 
@@ -212,7 +219,7 @@ def run_quantize(args) -> int:
     else:
         import tempfile
 
-        keep = _keep_fp32(args, model, calib, test_loader, out)
+        keep = _keep_fp32(args, model, calib, train_ds, test_ds, out)
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = Path(args.fp32_out) if args.fp32_out else Path(tmp) / "fp32.onnx"
             report = quantize_model(model, out, calib, method="ort", calibrate=calibrate, fp32_out=fp32,
@@ -243,26 +250,32 @@ def _load_for_qat(args):
     return model.eval()
 
 
-def _keep_fp32(args, model, calib, test_loader, out: Path) -> list[str]:
-    """The layers to leave in float: named, or the K most sensitive (measured with --sensitivity)."""
+def _keep_fp32(args, model, calib, train_ds, test_ds, out: Path) -> list[str]:
+    """The layers to leave in float: named, or the K most sensitive / ``auto`` (measured with --sensitivity
+    on the validation images training held out: ranking layers and choosing K are selections)."""
     from ..deploy.quantize import check_layers, layer_names
 
     spec = (args.keep_fp32 or "").strip()
-    if spec and not spec.isdigit():     # checked before any quantization runs
+    if spec and not spec.isdigit() and spec != "auto":     # checked before any quantization runs
         return check_layers([s.strip() for s in spec.split(",") if s.strip()], layer_names(model))
     if not args.sensitivity:
         if spec:
-            raise ValueError("--keep-fp32 K keeps the K most sensitive layers: add --sensitivity to measure them, "
-                             "or name the layers")
+            raise ValueError(f"--keep-fp32 {spec} keeps the most sensitive layers: add --sensitivity to measure "
+                             "them, or name the layers")
         return []
-    from ..deploy.sensitivity import keep_fp32_curve, layer_sensitivity, write_sensitivity
+    from ..deploy.sensitivity import (choose_keep_k, held_out_split, keep_fp32_curve, layer_sensitivity,
+                                      write_sensitivity)
 
+    _, val_ds, note = held_out_split(train_ds, test_ds, getattr(model, "checkpoint_meta", {}))
+    val_loader = _test_loader(val_ds, args.batch_size, None)
     per_channel = not args.per_tensor
-    print("per-layer sensitivity (each layer alone in INT8):")
-    rows = layer_sensitivity(model, calib, test_loader, per_channel=per_channel)
+    print(f"layers ranked and K chosen on {len(val_ds)} validation images: {note}; the test set only scores "
+          "the file written")
+    print("per-layer sensitivity (each layer alone in INT8, validation top-1):")
+    rows = layer_sensitivity(model, calib, val_loader, per_channel=per_channel)
     ranking = [r["layer"] for r in rows]
-    curve = keep_fp32_curve(model, calib, test_loader, ranking, calib[0], per_channel=per_channel, repeats=5)
-    print("with the K most sensitive layers left in float:  K  top-1  ORT speed-up vs fp32")
+    curve = keep_fp32_curve(model, calib, val_loader, ranking, calib[0], per_channel=per_channel, repeats=5)
+    print("with the K most sensitive layers left in float:  K  validation top-1  ORT speed-up vs fp32")
     for c in curve:
         print(f"  {c['keep_fp32']:>2}  {c['int8_top1']:.2f}%  {c['speedup']:.2f}x")
     base = out.name.split(".")[0]
@@ -271,6 +284,11 @@ def _keep_fp32(args, model, calib, test_loader, out: Path) -> list[str]:
     write_sensitivity(rows, curve, csv_path, png_path, f"INT8 sensitivity per layer ({weights} weights), "
                       f"{Path(args.checkpoint).name}, {len(calib)} calibration batches of {len(calib[0])}")
     print(f"wrote {csv_path} and {png_path}")
+    if spec == "auto":
+        k = choose_keep_k(curve, curve[0]["fp32_top1"])
+        print(f"--keep-fp32 auto: K = {k} (the fewest float layers within 0.1 points of fp32 on validation, "
+              "else the best)")
+        return ranking[:k]
     return ranking[:int(spec)] if spec else []
 
 

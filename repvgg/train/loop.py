@@ -55,7 +55,9 @@ def resolve_device(name: str, d: D.Dist) -> torch.device:
 def _meta(cfg: dict, info, **extra) -> dict:
     return {"dataset": info.name, "class_names": info.class_names, "image_size": info.image_size,
             "mean": list(info.mean), "std": list(info.std), "recipe": cfg.get("recipe"),
-            "train_aug": {k: cfg.get(k) for k in AUGMENTATION_KEYS}, **extra}
+            "train_aug": {k: cfg.get(k) for k in AUGMENTATION_KEYS},
+            # which training images were held out: later choices (INT8 layers to keep in float) use them too
+            "val_split": {"fraction": cfg.get("val_split") or 0.0, "seed": cfg.get("seed")}, **extra}
 
 
 class Trainer:
