@@ -53,3 +53,24 @@ def test_a_classification_checkpoint_loads_as_the_backbone(tmp_path):
     assert torch.equal(seg.backbone.stem.conv3x3.conv.weight, cls.stem.conv3x3.conv.weight)
     r18 = create_segmenter("pspnet_resnet18", 4).eval()
     assert r18(torch.randn(1, 3, 40, 40)).shape == (1, 4, 40, 40)
+
+
+def test_a_torchvision_resnet_checkpoint_loads_into_the_baseline(tmp_path):
+    import torchvision
+
+    from repvgg.checkpoint import CheckpointError
+
+    tv = randomize_bn_(torchvision.models.resnet18(num_classes=7))
+    path = tmp_path / "resnet18-tv.pth"
+    torch.save(tv.state_dict(), path)                       # torchvision's own file layout, fc included
+    seg = create_segmenter("pspnet_resnet18", 4, backbone_checkpoint=path)
+    assert torch.equal(seg.backbone.layer4[1].conv2.weight, tv.layer4[1].conv2.weight)
+    assert torch.equal(seg.backbone.stem[1].running_var, tv.bn1.running_var)
+    assert seg.backbone.layer4[1].conv2.dilation == (4, 4)                          # dilated, same weights
+    gray = create_segmenter("pspnet_resnet18", 4, in_chans=1, backbone_checkpoint=path)
+    assert torch.allclose(gray.backbone.stem[0].weight, tv.conv1.weight.sum(1, keepdim=True))
+    with pytest.raises(CheckpointError, match="not a resnet50 checkpoint.*shape differs"):
+        create_segmenter("pspnet_resnet50", 4, backbone_checkpoint=path)
+    a0 = repvgg.save_checkpoint(repvgg.create_model("repvgg_a0", num_classes=10), tmp_path / "a0.safetensors")
+    with pytest.raises(CheckpointError, match="not a resnet18 checkpoint.*missing"):
+        create_segmenter("pspnet_resnet18", 4, backbone_checkpoint=a0)

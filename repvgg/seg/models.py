@@ -30,7 +30,7 @@ def list_segmenters() -> list[str]:
 class ResNetFeatures(nn.Module):
     """torchvision ResNet, dilated to output stride 8, returning [layer3, layer4] outputs."""
 
-    def __init__(self, name: str, in_chans: int = 3):
+    def __init__(self, name: str, in_chans: int = 3, checkpoint: str | PathLike | None = None):
         super().__init__()
         import torchvision
 
@@ -38,6 +38,8 @@ class ResNetFeatures(nn.Module):
             if name != "resnet18" else _dilated_resnet18()
         if in_chans != 3:
             net.conv1 = nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False)
+        if checkpoint is not None:
+            load_resnet_weights(net, checkpoint, name)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         widths = [m[-1].conv3.out_channels if hasattr(m[-1], "conv3") else m[-1].conv2.out_channels
@@ -48,6 +50,34 @@ class ResNetFeatures(nn.Module):
         x = self.layer2(self.layer1(self.stem(x)))
         c3 = self.layer3(x)
         return [c3, self.layer4(c3)]
+
+
+def load_resnet_weights(net: nn.Module, path: str | PathLike, name: str) -> None:
+    """Load a torchvision / timm ResNet classification checkpoint (``conv1``, ``bn1``, ``layer1-4``; the
+    ``fc`` classifier is dropped) into ``net``; dilation changes no weight shape. A 3-channel first conv
+    is summed over its inputs for 1-channel images (as timm adapts it); anything else that does not fit
+    is refused with the keys that differ."""
+    from ..checkpoint import CheckpointError, read_checkpoint
+
+    sd, _ = read_checkpoint(path)
+    sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    w, want = sd.get("conv1.weight"), net.conv1.weight.shape
+    if w is not None and w.ndim == 4 and w.shape[1] != want[1]:
+        if want[1] != 1:
+            raise CheckpointError(f"{path}: its first conv takes {w.shape[1]}-channel images, the model "
+                                  f"{want[1]}-channel ones (only 3 -> 1 is adapted, by summing)")
+        sd["conv1.weight"] = w.sum(1, keepdim=True)
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in sd and not k.startswith("fc.")]
+    unexpected = [k for k in sd if k not in expected]
+    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if k in sd and sd[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{path} is not a {name} checkpoint (torchvision / timm naming): "
+            + "; ".join(f"{what} {keys[:4]}{' ...' if len(keys) > 4 else ''}" for what, keys in
+                        (("missing", missing), ("unexpected", unexpected), ("shape differs", wrong)) if keys))
+    net.load_state_dict({**{k: v for k, v in expected.items() if k.startswith("fc.")}, **sd})
 
 
 def _dilated_resnet18():
@@ -99,16 +129,15 @@ def create_segmenter(name: str, num_classes: int, deploy: bool = False, aux: boo
                      backbone_checkpoint: str | PathLike | None = None, in_chans: int = 3, head_channels: int = 512,
                      **kwargs) -> Segmenter:
     """A PSPNet by name (see :func:`list_segmenters`); ``backbone_checkpoint`` loads a classification
-    checkpoint (ours, official, timm or mmpretrain naming) into the backbone, dilation reusing its weights.
+    checkpoint into the backbone, dilation reusing its weights: for RepVGG ours, official, timm or mmpretrain
+    naming; for the ResNet baselines torchvision's or timm's (e.g. ``resnet18-f37072fd.pth``).
     ``head_channels``: the PSP head's width (512 as in the paper and mmsegmentation; smaller for CPU budgets)."""
     if not name.startswith("pspnet_"):
         raise ValueError(f"unknown segmenter {name!r}; names look like pspnet_repvgg_a0, pspnet_repvgg_b1g2_fast, "
                          f"pspnet_resnet50 (repvgg.seg.list_segmenters())")
     arch = name[len("pspnet_"):]
     if arch in RESNETS:
-        if backbone_checkpoint is not None:
-            raise ValueError("the ResNet baselines take torchvision weights; backbone_checkpoint is for RepVGG")
-        backbone = ResNetFeatures(arch, in_chans)
+        backbone = ResNetFeatures(arch, in_chans, backbone_checkpoint)
         channels = backbone.channels
     else:
         fast = arch.endswith("_fast")
