@@ -76,6 +76,21 @@ def test_cli_quantize_bad_input(tmp_path, a0_deploy_ckpt, capsys, argv, message)
     assert list(tmp_path.iterdir()) == []
 
 
+def test_cli_quantize_refuses_calibration_data_that_does_not_fit_the_model(tmp_path, capsys):
+    rgb = repvgg.reparameterize(repvgg.create_model("repvgg_a0", num_classes=10, width=0.25, depths=(1, 1, 1, 1)))
+    rgb_ckpt = save_checkpoint(rgb, tmp_path / "rgb.safetensors")
+    gray = repvgg.reparameterize(repvgg.create_model("repvgg_a0", num_classes=10, in_chans=1, small_input=True,
+                                                     width=0.25, depths=(1, 1, 1, 1)))
+    gray_ckpt = save_checkpoint(gray, tmp_path / "gray.safetensors", metadata={"image_size": 28})
+    before = sorted(tmp_path.iterdir())
+    base = ["quantize", "--data", "fashion-mnist-builtin", "--calib-batches", "1", "--out", str(tmp_path / "q.onnx")]
+    assert main(base + ["--checkpoint", str(rgb_ckpt)]) == 2
+    assert "channel mismatch: the model takes 3-channel images but fashion-mnist-builtin has 1" in capsys.readouterr().err
+    assert main(base + ["--checkpoint", str(gray_ckpt), "--image-size", "16"]) == 2
+    assert "calibration size mismatch: --image-size 16 but" in capsys.readouterr().err
+    assert sorted(tmp_path.iterdir()) == before
+
+
 # ------------------------------------------------------------------ PT2E (torchao), --method torch
 def small_a0():
     m = repvgg.create_model("repvgg_a0", width=0.25, num_classes=5, in_chans=3, small_input=True)

@@ -197,6 +197,11 @@ def run_quantize(args) -> int:
         check_output_path(args.fp32_out, [args.checkpoint, out], force=args.force, suffixes=(".onnx",),
                           what="--fp32-out")
     model = _load_for_qat(args) if args.method == "qat" else _load(args)
+    trained_at = getattr(model, "checkpoint_meta", {}).get("image_size")
+    if args.image_size and trained_at and int(trained_at) != args.image_size:
+        raise ValueError(f"calibration size mismatch: --image-size {args.image_size} but {args.checkpoint} was trained "
+                         f"on {trained_at} px images; INT8 ranges calibrated at another size do not hold at the size "
+                         f"the model runs at (omit --image-size, or give {trained_at})")
     train_ds, test_ds, info = _datasets(args, model)
     calib_ds = train_ds
     if args.sensitivity:       # calibrate on the images not used to rank layers
