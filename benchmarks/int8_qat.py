@@ -36,9 +36,10 @@ from repvgg.train.config import training_augmentation  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 
 
-def _int8(model, calib, test_loader, per_channel: bool, tmp: Path, tag: str) -> dict:
+def _int8(model, calib, test_loader, per_channel: bool, tmp: Path, tag: str, input_ranges=None) -> dict:
     fp32, out = tmp / f"{tag}.fp32.onnx", tmp / f"{tag}.int8.onnx"
-    quantize_model(model, out, calib, per_channel=per_channel, fp32_out=fp32, log=lambda *_: None)
+    quantize_model(model, out, calib, per_channel=per_channel, fp32_out=fp32, input_ranges=input_ranges,
+                   log=lambda *_: None)
     res = compare(fp32, out, test_loader, bench_batch=calib[0], repeats=10)
     return {"fp32_top1": res["fp32_top1"], "int8_top1": res["int8_top1"], "speedup": res["fp32_ms"] / res["int8_ms"]}
 
@@ -81,9 +82,9 @@ def main() -> int:
                     for seed in args.seeds:
                         start = copy.deepcopy(fused if form == "fused" else trained)
                         t0 = time.perf_counter()
-                        model = qat_finetune(start, train_ds, args.epochs, per_channel=per_channel, lr=args.lr,
-                                             batch_size=128, seed=seed, log=lambda *_: None)
-                        r = _int8(model, calib, test_loader, per_channel, tmp, f"qat{seed}")
+                        model, ranges = qat_finetune(start, train_ds, args.epochs, per_channel=per_channel,
+                                                     lr=args.lr, batch_size=128, seed=seed, log=lambda *_: None)
+                        r = _int8(model, calib, test_loader, per_channel, tmp, f"qat{seed}", ranges)
                         rows.append({"checkpoint": ckpt, "method": f"QAT on the {form} form, {w}", "seed": seed,
                                      "qat_s": time.perf_counter() - t0, **r})
                         print(rows[-1], flush=True)

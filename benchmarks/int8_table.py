@@ -11,7 +11,8 @@ are trained: the plain recipe (``base``), ``--block qa`` (QARepVGG) and ``--cust
 Rows, each from the exported ONNX file under onnxruntime on the full test split:
 fp32; PTQ per-tensor / per-channel (min/max calibration, static QDQ) of base, qa and custom-L2 runs;
 QAT on the fused and on the train-time form (per-tensor / per-channel, 1 epoch, peak lr picked per
-model among LRS on the validation split); partial INT8 (per-tensor) keeping the K most sensitive
+model among LRS on the validation split; the conv input ranges QAT trained with are written into the
+QDQ file); partial INT8 (per-tensor) keeping the K most sensitive
 layers in float, layers ranked and K chosen on the validation split (smallest K within 0.1 points of
 fp32 there). The validation split is the 10% of the training set each run held out to pick its
 epoch: QAT fine-tunes on the other 90%, and the test set is used only to score the final files.
@@ -67,13 +68,13 @@ def train_all(runs: Path, models, seeds, epochs: int) -> None:
                 print(f"trained {out} in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
 
 
-def _int8(model, calib, loader, *, per_channel: bool, tmp: Path, keep=(), bench=None) -> dict:
+def _int8(model, calib, loader, *, per_channel: bool, tmp: Path, keep=(), bench=None, ranges=None) -> dict:
     """Export ``model`` (fused) to fp32 and INT8 ONNX; top-1 of both files on ``loader`` (+ speed-up)."""
     from repvgg.deploy.quantize import compare, quantize_model
 
     fp32, out = tmp / "fp32.onnx", tmp / "int8.onnx"
     quantize_model(model, out, calib, per_channel=per_channel, fp32_out=fp32, keep_fp32=list(keep),
-                   log=lambda *_: None)
+                   input_ranges=ranges, log=lambda *_: None)
     res = compare(fp32, out, loader, bench_batch=bench, repeats=10)
     if bench is not None:
         res["speedup"] = res["fp32_ms"] / res["int8_ms"]
@@ -123,9 +124,12 @@ def measure_seed(runs: Path, model_key: str, seed: int, qat_epochs: int) -> list
                     for lr in LRS:           # the peak lr is picked on the validation split
                         qat = qat_finetune(copy.deepcopy(start), train_part, qat_epochs, per_channel=per_channel,
                                            lr=lr, batch_size=128, seed=seed, log=lambda *_: None)
-                        tried[lr] = (_int8(qat, calib, val_loader, per_channel=per_channel, tmp=tmp)["int8_top1"], qat)
+                        top1 = _int8(qat[0], calib, val_loader, per_channel=per_channel, tmp=tmp, ranges=qat[1])
+                        tried[lr] = (top1["int8_top1"], qat)
                     lr = max(LRS, key=lambda v: (tried[v][0], -LRS.index(v)))
-                    res = _int8(tried[lr][1], calib, test_loader, per_channel=per_channel, tmp=tmp, bench=calib[0])
+                    qat_model, ranges = tried[lr][1]
+                    res = _int8(qat_model, calib, test_loader, per_channel=per_channel, tmp=tmp, bench=calib[0],
+                                ranges=ranges)
                     res["fp32_top1"] = rows[0]["fp32_top1"]      # against the trained model, not the fine-tuned one
                     add(f"QAT on the {form} form, {w}", res, lr=lr, val_top1={str(k): v[0] for k, v in tried.items()})
             layers = layer_sensitivity(fused, calib, val_loader, per_channel=False, log=lambda *_: None)

@@ -90,8 +90,10 @@ def test_after_qat_the_fused_model_is_what_qat_trained():
     train_ds = train_subset(train_ds, 256, 0)
     model = _model().float()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    deployed = qat_finetune(model, train_ds, 1, batch_size=64, log=lambda *_: None)
+    deployed, ranges = qat_finetune(model, train_ds, 1, batch_size=64, log=lambda *_: None)
     assert not any(isinstance(m, QATBlock) for m in deployed.modules())
+    layers = [n for n, m in deployed.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    assert set(ranges) == set(layers) and all(lo <= 0 < hi for lo, hi in ranges.values())
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items() if k in before)
     x = torch.randn(2, 1, 28, 28)
     ref = reparameterize(model)                    # the same weights fused again: identical
@@ -124,3 +126,30 @@ def test_cli_quantize_qat_on_both_forms_and_bad_input(tmp_path, capsys):
                  "--data", "fashion-mnist-builtin", "--qat-on", "fused"]) == 2
     assert "--method qat only" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "y.onnx").exists()
+
+
+def test_the_qdq_file_keeps_the_input_ranges_qat_trained_with(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import numpy_helper
+
+    from repvgg.deploy.quantize import onnx_layer_nodes, quantize_model
+
+    model = reparameterize(_model().float())
+    calib = [torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))]
+    ranges = {"stages.1.0.fused": (-0.25, 3.0), "stages.2.0.fused": (0.0, 0.75)}   # not what calibration finds
+    out = quantize_model(model, tmp_path / "q.onnx", calib, fp32_out=tmp_path / "f.onnx", input_ranges=ranges,
+                         log=lambda *_: None).path
+    graph = onnx.load(str(out)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    nodes = onnx_layer_nodes(tmp_path / "f.onnx", model)
+    for layer, (lo, hi) in ranges.items():
+        conv = next(n for n in graph.node if n.name == nodes[layer])
+        dq = producer[conv.input[0]]
+        assert dq.op_type == "DequantizeLinear"
+        scale, zero = float(inits[dq.input[1]]), int(inits[dq.input[2]])
+        assert scale == pytest.approx((hi - lo) / 255, rel=1e-6) and zero == round(-lo / scale)
+    with pytest.raises(ValueError, match="unknown layer"):
+        quantize_model(model, tmp_path / "r.onnx", calib, input_ranges={"nope": (0.0, 1.0)}, log=lambda *_: None)
+    assert not (tmp_path / "r.onnx").exists()

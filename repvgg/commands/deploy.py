@@ -213,7 +213,7 @@ def run_quantize(args) -> int:
         from ..deploy.qat import qat_finetune
 
         meta = model.checkpoint_meta
-        model = qat_finetune(model, train_ds, args.epochs, per_channel=not args.per_tensor, lr=args.lr)
+        model, qat_ranges = qat_finetune(model, train_ds, args.epochs, per_channel=not args.per_tensor, lr=args.lr)
         model.checkpoint_meta = meta
     test_loader = _test_loader(test_ds, args.batch_size, args.eval_images)
     if args.method == "torch":
@@ -228,7 +228,8 @@ def run_quantize(args) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = Path(args.fp32_out) if args.fp32_out else Path(tmp) / "fp32.onnx"
             report = quantize_model(model, out, calib, method="ort", calibrate=calibrate, fp32_out=fp32,
-                                    per_channel=not args.per_tensor, keep_fp32=keep)
+                                    per_channel=not args.per_tensor, keep_fp32=keep,
+                                    input_ranges=qat_ranges if args.method == "qat" else None)
             res = compare(fp32, out, test_loader, bench_batch=calib[0], repeats=args.repeats)
         if keep:
             print(f"kept in float: {', '.join(keep)}")

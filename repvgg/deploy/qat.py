@@ -10,8 +10,10 @@ while the loss sees the rounding of the kernel that will be deployed; the BN sta
 the same wrapper fake-quantizes the fused conv directly: "QAT on the fused model".
 
 ``finish_qat`` unwraps and fuses: the deploy model's kernel is exactly the one QAT quantized, so
-its per-channel weight scales in the ONNX QDQ file are the ones QAT trained against; activation
-ranges are re-calibrated by onnxruntime (min/max), close to the running ranges QAT used.
+its weight scales in the ONNX QDQ file are the ones QAT trained against. It also returns the input
+range each fused conv was trained with; ``quantize_model(..., input_ranges=...)`` writes those into
+the QDQ file instead of re-calibrating them, so the file rounds activations as QAT did. (The head
+and any tensor QAT did not quantize are calibrated as usual.)
 """
 from __future__ import annotations
 
@@ -99,8 +101,12 @@ def set_quantize(model: nn.Module, on: bool) -> None:
         m.quantize = on
 
 
-def finish_qat(model: nn.Module) -> nn.Module:
-    """Unwrap the blocks and fuse: the deploy model whose kernels QAT trained, in eval mode."""
+def finish_qat(model: nn.Module) -> tuple[nn.Module, dict[str, tuple[float, float]]]:
+    """Unwrap the blocks and fuse: ``(deploy model in eval mode, {fused conv name: (lo, hi)})``, the
+    kernels being the ones QAT quantized and the ranges the ones its inputs were quantized with."""
+    ranges = {f"{name}.fused": (float(m.input_quant.lo), float(m.input_quant.hi))
+              for name, m in model.named_modules() if isinstance(m, QATBlock) and bool(m.input_quant.seen)}
+
     def unwrap(module: nn.Module) -> None:
         for name, child in list(module.named_children()):
             if isinstance(child, QATBlock):
@@ -109,13 +115,14 @@ def finish_qat(model: nn.Module) -> nn.Module:
                 unwrap(child)
 
     unwrap(model)
-    return reparameterize(model.eval())
+    return reparameterize(model.eval()), ranges
 
 
 def qat_finetune(model: nn.Module, train_ds, epochs: int, *, per_channel: bool = True, lr: float = 0.01,
-                 batch_size: int = 128, seed: int = 0, log=print) -> nn.Module:
+                 batch_size: int = 128, seed: int = 0, log=print) -> tuple[nn.Module, dict[str, tuple[float, float]]]:
     """QAT: wrap, fine-tune with the fake-quantized fused kernels (fp32, no autocast: bf16 would blur the
-    rounding QAT must see), then unwrap and fuse. Works on either form of the model."""
+    rounding QAT must see), then unwrap and fuse. Works on either form of the model. Returns
+    :func:`finish_qat`'s ``(deploy model, input ranges)``: give both to ``quantize_model``."""
     from .finetune import finetune
 
     if epochs < 1:

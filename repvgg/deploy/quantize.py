@@ -110,14 +110,16 @@ def ort_session(model_bytes_or_path, threads: int | None = None):
 
 def quantize_model(model: nn.Module, out: str | os.PathLike, calib: list[torch.Tensor], *,
                    method: str = "ort", calibrate: str = "minmax", fp32_out: str | os.PathLike | None = None,
-                   per_channel: bool = True, keep_fp32=(), only=None, log=print) -> QuantReport:
+                   per_channel: bool = True, keep_fp32=(), only=None, input_ranges=None, log=print) -> QuantReport:
     """Write an INT8 model of a deploy ``model`` calibrated on ``calib`` batches: a QDQ .onnx
     (``method="ort"``) or a PT2E file run on oneDNN INT8 kernels (``method="torch"``, see quantize_pt2e.py).
 
     ``per_channel=False`` (ort only) quantizes each weight tensor with one symmetric scale, as
     TensorRT and many NPUs do: where a fused kernel's channels differ widely in range (see
     :func:`weight_range_spread`), the small ones lose their precision. ``keep_fp32`` (ort): layer names
-    (our module names, e.g. ``stem.fused``) left in float; ``only``: quantize just these layers."""
+    (our module names, e.g. ``stem.fused``) left in float; ``only``: quantize just these layers;
+    ``input_ranges`` (ort): ``{layer: (lo, hi)}`` fixes the uint8 range of a layer's input instead of
+    calibrating it (the ranges QAT trained with, from ``deploy.qat.finish_qat``)."""
     if method not in METHODS:
         raise ValueError(f"unknown quantization method {method!r}; supported: {', '.join(METHODS)}")
     if calibrate not in CALIBRATION:
@@ -125,7 +127,7 @@ def quantize_model(model: nn.Module, out: str | os.PathLike, calib: list[torch.T
     if not calib:
         raise ValueError("no calibration batches: give --data with training images and --calib-batches >= 1")
     if method == "torch":
-        if fp32_out is not None or not per_channel or keep_fp32 or only:
+        if fp32_out is not None or not per_channel or keep_fp32 or only or input_ranges:
             raise ValueError("--fp32-out, --per-tensor, --keep-fp32 and --sensitivity apply to --method ort only")
         from .quantize_pt2e import quantize_pt2e
 
@@ -144,6 +146,7 @@ def quantize_model(model: nn.Module, out: str | os.PathLike, calib: list[torch.T
         chosen = {"nodes_to_exclude": [nodes[n] for n in check_layers(keep_fp32, nodes)]}
         if only is not None:
             chosen["nodes_to_quantize"] = [nodes[n] for n in check_layers(only, nodes)]
+        overrides = _range_overrides(pre, nodes, input_ranges) if input_ranges else {}
         with atomic_output(out) as tmp:
             quantize_static(
                 str(pre), str(tmp), _Reader(calib, "input"), quant_format=QuantFormat.QDQ, per_channel=per_channel,
@@ -151,10 +154,23 @@ def quantize_model(model: nn.Module, out: str | os.PathLike, calib: list[torch.T
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                                   "entropy": CalibrationMethod.Entropy}[calibrate],
-                extra_options={"CalibMovingAverage": False},
+                extra_options={"CalibMovingAverage": False, **overrides},
             )
             ort_session(str(tmp))  # must load before it replaces anything
     return QuantReport(Path(out), calib_images=sum(len(b) for b in calib), per_channel=per_channel)
+
+
+def _range_overrides(onnx_path, nodes: dict[str, str], input_ranges: dict) -> dict:
+    """onnxruntime's ``TensorQuantOverrides`` fixing the input range of each named layer's node."""
+    import numpy as np
+
+    onnx = require("onnx")
+    inputs = {n.name: n.input[0] for n in onnx.load(str(onnx_path)).graph.node}
+    over = {}
+    for layer in check_layers(list(input_ranges), nodes):
+        lo, hi = input_ranges[layer]
+        over[inputs[nodes[layer]]] = [{"rmin": np.float32(min(lo, 0.0)), "rmax": np.float32(max(hi, 0.0))}]
+    return {"TensorQuantOverrides": over}
 
 
 def onnx_layer_nodes(onnx_path, model: nn.Module) -> dict[str, str]:
