@@ -86,7 +86,7 @@ def measure_seed(runs: Path, model_key: str, seed: int, qat_epochs: int) -> list
     from repvgg.checkpoint import read_metadata
     from repvgg.data import build_datasets, build_loader
     from repvgg.deploy.qat import qat_finetune
-    from repvgg.deploy.quantize import calibration_batches
+    from repvgg.deploy.quantize import calibration_batches, weight_range_spread
     from repvgg.deploy.sensitivity import choose_keep_k, held_out_split, keep_fp32_curve, layer_sensitivity
     from repvgg.rebuild import model_from_checkpoint
     from repvgg.reparam import reparameterize
@@ -111,10 +111,11 @@ def measure_seed(runs: Path, model_key: str, seed: int, qat_epochs: int) -> list
             calib = calibration_batches(train_part, 64, 16)
             test_loader, val_loader = build_loader(test_ds, 256, train=False), build_loader(val_ds, 256, train=False)
             fused = reparameterize(trained)
+            spread = max(r["spread"] for r in weight_range_spread(fused))
             for per_channel in (False, True):
                 w = "per-channel" if per_channel else "per-tensor"
                 add(f"PTQ {w}" if variant == "base" else f"{VARIANT_TITLES[variant]}, PTQ {w}",
-                    _int8(fused, calib, test_loader, per_channel=per_channel, tmp=tmp, bench=calib[0]))
+                    _int8(fused, calib, test_loader, per_channel=per_channel, tmp=tmp, bench=calib[0]), spread=spread)
             if variant != "base":
                 continue
             for form, start in (("fused", fused), ("train-time", trained)):
@@ -213,7 +214,7 @@ def render(result: dict) -> str:
         mine = [r for r in rows if r["model"] == model]
         seeds = sorted({r["seed"] for r in mine})
         md += [f"### {model}: {MODEL_TITLES[model]} ({len(seeds)} training seeds: {', '.join(map(str, seeds))})", "",
-               "| method | fp32 top-1 of that model | INT8 top-1 | drop (points) | ORT speed-up | picked on validation |",
+               "| method | fp32 top-1 of that model | INT8 top-1 | drop (points) | ORT speed-up | picked on validation / notes |",
                "|---|---|---|---|---|---|"]
         base = [r for r in mine if r["method"] == "PTQ per-tensor"]
         md.append(f"| fp32 (ORT, the fused model) | {_mean_sd(r['fp32_top1'] for r in base)} | | | 1.00x | |")
@@ -221,6 +222,8 @@ def render(result: dict) -> str:
             rs = [r for r in mine if r["method"] == method]
             picked = ", ".join(f"lr {r['lr']:g}" if "lr" in r else f"K={r['k']}" for r in rs
                                if "lr" in r or "k" in r)
+            if "spread" in rs[0]:
+                picked = f"(widest weight-range spread {max(r['spread'] for r in rs):.1f})"
             md.append(f"| {method} | {_mean_sd(r['fp32_top1'] for r in rs)} | {_mean_sd(r['int8_top1'] for r in rs)} | "
                       f"{statistics.mean(r['int8_top1'] - r['fp32_top1'] for r in rs):+.2f} | "
                       f"{statistics.median(r['speedup'] for r in rs):.2f}x | {picked} |")
