@@ -1,5 +1,4 @@
 """The side-by-side report compares like with like and refuses anything else."""
-import importlib.util
 import json
 import signal
 import subprocess
@@ -8,14 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_side_by_side.py"
+from tests.conftest import load_benchmark
+
 
 
 @pytest.fixture
 def sbs(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("train_side_by_side", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("train_side_by_side")
     monkeypatch.setattr(mod, "RESULTS", tmp_path)
     return mod
 
@@ -62,7 +60,6 @@ def test_side_by_side_names_a_missing_run(sbs, monkeypatch):
         sbs.main()
 
 
-TRAIN_SCRIPT = SCRIPT.parent / "train_fashion_mnist.py"
 _REAL_POPEN = subprocess.Popen
 
 
@@ -98,9 +95,7 @@ class _FakeTraining:
 
 
 def test_long_run_in_segments_resumes_and_reports_the_summed_training_time(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("train_fashion_mnist", TRAIN_SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("train_fashion_mnist")
     monkeypatch.setattr(mod, "RESULTS", tmp_path / "results")
     argv = ["x", "--tag", "long", "--epochs", "4", "--resume", "--runs", str(tmp_path / "runs"), "--", "--width", "2"]
     monkeypatch.setattr("sys.argv", argv)

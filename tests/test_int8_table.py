@@ -1,17 +1,12 @@
 """benchmarks/int8_table.py's report: means over seeds, drops against each model's own fp32, the goals."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "int8_table.py"
+from tests.conftest import load_benchmark
 
 
 @pytest.fixture
 def table(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("int8_table", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("int8_table")
     monkeypatch.setattr(mod, "RESULTS", tmp_path)
     return mod
 

@@ -157,14 +157,11 @@ def test_cli_bench_prints_the_pair_and_refuses_unknown_names(capsys):
 
 
 def test_seg_scenes_benchmark_collects_finished_runs(tmp_path, monkeypatch):
-    import importlib.util
     import sys
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "seg_scenes.py"
-    spec = importlib.util.spec_from_file_location("seg_scenes_bench", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from tests.conftest import load_benchmark
+
+    mod = load_benchmark("seg_scenes")
     runs = tmp_path / "runs"
     for m, s, miou in (("pspnet_repvgg_a0", 0, 50.0), ("pspnet_repvgg_a0", 1, 52.0), ("pspnet_resnet18", 0, 40.0)):
         d = runs / f"{m}_s{s}"
