@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from . import add_force_flag
@@ -78,20 +77,9 @@ def register(sub) -> None:
 
 def run_train(args) -> int:
     from ..seg.train import prepare_seg_run, train_segmenter
-    from ..train import TrainingInterrupted
+    from .train import run_training
 
-    overrides = {k: getattr(args, k) for k in _TRAIN_KEYS}
-    cfg = prepare_seg_run(args.output, args.recipe, overrides, resume=args.resume, overwrite=args.overwrite)
-    try:
-        summary = train_segmenter(cfg, args.output, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
-                                  stop_at_step=args.stop_at_step)
-    except TrainingInterrupted as e:
-        print(f"repvgg seg train: {e}", file=sys.stderr)
-        return e.exit_code
-    if not summary.get("fusion_ok", True):
-        print(f"repvgg seg train: the fusion check failed; see {args.output}/summary.json", file=sys.stderr)
-        return 1
-    return 0
+    return run_training(args, "repvgg seg train", _TRAIN_KEYS, prepare_seg_run, train_segmenter)
 
 
 def run_eval(args) -> int:

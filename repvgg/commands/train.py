@@ -103,19 +103,28 @@ _OVERRIDE_KEYS = ("model", "data", "data_dir", "block", "width", "depths", "epoc
 
 
 def run_train(args) -> int:
-    from ..train import TrainingInterrupted, prepare_run, train
+    from ..train import prepare_run, train
 
-    overrides = {k: getattr(args, k) for k in _OVERRIDE_KEYS}
-    cfg = prepare_run(args.output, args.recipe, overrides, resume=args.resume, overwrite=args.overwrite)
+    return run_training(args, "repvgg train", _OVERRIDE_KEYS, prepare_run, train)
+
+
+def run_training(args, prog: str, keys, prepare, train_fn) -> int:
+    """The shared shape of ``repvgg train`` and ``repvgg seg train``: resolve the run's config (checked
+    before anything is written), train, turn an interrupt into its exit code and a failed fusion check
+    into 1."""
+    from ..train import TrainingInterrupted
+
+    overrides = {k: getattr(args, k) for k in keys}
+    cfg = prepare(args.output, args.recipe, overrides, resume=args.resume, overwrite=args.overwrite)
     try:
-        result = train(cfg, args.output, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
-                       stop_at_step=args.stop_at_step)
+        result = train_fn(cfg, args.output, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
+                          stop_at_step=args.stop_at_step)
     except TrainingInterrupted as e:
-        print(f"repvgg train: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return e.exit_code
     if not result.get("fusion_ok", True):
-        print(f"repvgg train: the fusion check failed ({result['fusion_problem']}); see {args.output}/summary.json",
-              file=sys.stderr)
+        problem = f" ({result['fusion_problem']})" if result.get("fusion_problem") else ""
+        print(f"{prog}: the fusion check failed{problem}; see {args.output}/summary.json", file=sys.stderr)
         return 1
     return 0
 
