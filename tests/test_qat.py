@@ -117,6 +117,7 @@ def test_cli_quantize_qat_on_both_forms_and_bad_input(tmp_path, capsys):
     assert main(["quantize", "--checkpoint", str(train_ck), "--out", str(tmp_path / "t.int8.onnx"), *common]) == 0
     out = capsys.readouterr().out
     assert "QAT on the train-time form" in out and "int8" in out and (tmp_path / "t.int8.onnx").is_file()
+    assert "the input ranges of 6 convs are the ones QAT trained with" in out    # stem + 1+2+1+1 blocks
     assert main(["quantize", "--checkpoint", str(deploy_ck), "--out", str(tmp_path / "d.int8.onnx"), *common]) == 0
     assert "QAT on the fused form" in capsys.readouterr().out
     assert main(["quantize", "--checkpoint", str(deploy_ck), "--out", str(tmp_path / "x.onnx"), *common,
