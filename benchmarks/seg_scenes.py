@@ -34,8 +34,14 @@ def _cpu() -> str:
     return f"{names[0] if names else platform.processor()}, {len(names)} logical cores"
 
 
+def pending_runs(models, seeds, runs: Path, keep_finished: bool) -> list[tuple[str, int]]:
+    """(model, seed) pairs to train: all, or with --keep-finished those without a summary.json yet."""
+    return [(m, s) for m in models for s in seeds
+            if not (keep_finished and (runs / f"{m}_s{s}" / "summary.json").is_file())]
+
+
 def launch(args, runs: Path) -> None:
-    jobs, pending = [], [(m, s) for m in args.models for s in args.seeds]
+    jobs, pending = [], pending_runs(args.models, args.seeds, runs, args.keep_finished)
     while pending or jobs:
         while pending and len(jobs) < args.parallel:
             m, s = pending.pop(0)
@@ -114,6 +120,8 @@ def main() -> int:
     ap.add_argument("--runs", default="runs/seg_scenes")
     ap.add_argument("--tag", default="cpu")
     ap.add_argument("--collect-only", action="store_true")
+    ap.add_argument("--keep-finished", action="store_true",
+                    help="train only the (model, seed) runs without a summary.json (add seeds to an earlier run)")
     args = ap.parse_args()
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)

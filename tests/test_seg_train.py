@@ -178,3 +178,13 @@ def test_seg_scenes_benchmark_collects_finished_runs(tmp_path, monkeypatch):
     md = (tmp_path / "benchmarks" / "results" / "seg_scenes_t.md").read_text()
     assert "| pspnet_repvgg_a0 | 51.00 +- 1.41 | 50.00, 52.00 |" in md
     assert "| pspnet_resnet18 | 40.00 +- 0.00 | 40.00 |" in md
+
+
+def test_seg_scenes_benchmark_can_add_seeds_to_finished_runs(tmp_path):
+    from tests.conftest import load_benchmark
+
+    mod = load_benchmark("seg_scenes")
+    (tmp_path / "a_s0").mkdir()
+    (tmp_path / "a_s0" / "summary.json").write_text("{}")
+    assert mod.pending_runs(["a", "b"], [0, 1], tmp_path, keep_finished=True) == [("a", 1), ("b", 0), ("b", 1)]
+    assert len(mod.pending_runs(["a", "b"], [0, 1], tmp_path, keep_finished=False)) == 4
