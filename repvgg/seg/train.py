@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import read_metadata, save_checkpoint
+from ..cpu_backend import cpu_training_backend
+from ..fileio import atomic_write_text
 from ..reparam import reparameterize
 from ..threads import set_threads
 from ..train.config import save_config
@@ -25,7 +27,6 @@ from ..train.metrics import MetricsLog
 from ..train.optim import param_groups
 from ..train.run_folder import clear_run, load_last, prepare_run
 from ..train.state import rng_state, save_state, seed_everything, set_rng_state
-from ..fileio import atomic_write_text
 from .config import SEG_RUN_FILES, resolve_seg_config
 from .data import build_seg_datasets, build_seg_loader, eval_transform, hold_out
 from .metrics import evaluate_segmenter, format_scores, seg_loss
@@ -126,7 +127,7 @@ class SegTrainer:
         else:
             self.log(f"resuming {self.out} at epoch {self.epoch + 1}, step {self.step}")
         self.log(f"CPU threads: {self._threads_note}")
-        with StopFlag() as stop:
+        with StopFlag() as stop, cpu_training_backend(self.device, self.log):
             while self.step < self.total_steps:
                 self._train_epoch(stop, stop_at_step)
 

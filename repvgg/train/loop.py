@@ -21,14 +21,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..checkpoint import load_checkpoint, save_checkpoint
+from ..cpu_backend import cpu_training_backend
 from ..data import build_datasets, build_loader, split_validation, train_subset
 from ..evaluate import evaluate
 from ..factory import create_model
-from . import distributed as D
 from ..threads import set_threads
+from . import distributed as D
 from .amp import amp_dtype, probe_cpu_amp
-from .custom_l2 import covered_kernels, custom_l2, custom_l2_blocks
 from .config import AUGMENTATION_KEYS, augmentation_kwargs, model_kwargs, save_config
+from .custom_l2 import covered_kernels, custom_l2, custom_l2_blocks
 from .ema import ModelEma
 from .grad_ckpt import GradCheckpointed
 from .interrupt import StopFlag, TrainingInterrupted
@@ -223,7 +224,7 @@ class Trainer:
     # ------------------------------------------------------------------ training
     def run(self, stop_at_step: int | None = None) -> dict:
         cfg = self.cfg
-        with StopFlag() as stop:
+        with StopFlag() as stop, cpu_training_backend(self.device, self.log):
             self._log_start()
             while self.epoch < cfg["epochs"]:
                 self._train_epoch(stop, stop_at_step)

@@ -1,0 +1,41 @@
+"""Training on CPUs whose oneDNN convolution backward is broken: use torch's own kernels there.
+
+With torch 2.14 on x86 CPUs without AVX-512 (AMD EPYC with AVX2 only, seen 2026-12-05), oneDNN's
+convolution backward (``jit_avx2_1x1_convolution_bwd_weights``) crashed the process with a
+segmentation fault (tests/test_ablate.py) or spun forever inside one step (repvgg_a0 on 28 px, 110
+minutes without finishing step 1). The same runs pass on AVX-512 CPUs and with oneDNN turned off, so
+training steps turn it off where the CPU lacks AVX-512; inference keeps oneDNN everywhere.
+``REPVGG_ONEDNN_TRAINING=1`` keeps oneDNN (to try a fixed torch), ``=0`` turns it off anywhere.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+
+import torch
+
+ENV = "REPVGG_ONEDNN_TRAINING"
+
+
+def onednn_training_ok(capability: str | None = None, machine: str | None = None) -> bool:
+    """Whether convolution backward may run through oneDNN on this CPU (see the module docstring)."""
+    choice = os.environ.get(ENV)
+    if choice in ("0", "1"):
+        return choice == "1"
+    machine = (machine or platform.machine()).lower()
+    capability = capability or torch.backends.cpu.get_cpu_capability()
+    return machine not in ("x86_64", "amd64", "i686") or capability.upper().startswith("AVX512")
+
+
+@contextlib.contextmanager
+def cpu_training_backend(device, log=None):
+    """Run the training steps inside this: oneDNN off for CPU training where it is not safe (said once)."""
+    if torch.device(device).type != "cpu" or onednn_training_ok():
+        yield
+        return
+    if log is not None:
+        log(f"CPU {torch.backends.cpu.get_cpu_capability()} without AVX-512: oneDNN's convolution backward "
+            f"crashes or hangs here with this torch, so training uses torch's own kernels (slower; {ENV}=1 overrides)")
+    with torch.backends.mkldnn.flags(enabled=False):
+        yield
