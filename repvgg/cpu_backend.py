@@ -37,5 +37,9 @@ def cpu_training_backend(device, log=None):
     if log is not None:
         log(f"CPU {torch.backends.cpu.get_cpu_capability()} without AVX-512: oneDNN's convolution backward "
             f"crashes or hangs here with this torch, so training uses torch's own kernels (slower; {ENV}=1 overrides)")
-    with torch.backends.mkldnn.flags(enabled=False):
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False   # not mkldnn.flags(): it also sets TF32 and warns about Intel GPUs
+    try:
         yield
+    finally:
+        torch.backends.mkldnn.enabled = before
