@@ -130,7 +130,8 @@ def test_finetune_reduces_loss_on_a_small_set():
     # to the bar once the CPU probe's choice of bf16 or fp32 moves the rounding)
     finetune(model, ds, 8, lr=0.1, batch_size=16, log=losses.append)
     values = [float(s.split("loss ")[1]) for s in losses if s.startswith("finetune epoch")]
-    assert all(s.startswith(("finetune epoch", "fine-tuning in")) for s in losses)   # + the precision picked
+    # + the precision picked, + on CPUs without AVX-512 the oneDNN note (repvgg/cpu_backend.py)
+    assert all(s.startswith(("finetune epoch", "fine-tuning in", "CPU ")) for s in losses)
     assert len(values) == 8 and values[-1] < values[0] - 0.3
 
 
