@@ -44,37 +44,37 @@ def finetune(model: nn.Module, train_ds, epochs: int, *, lr: float = 0.05, batch
         raise ValueError(f"feature_weight must be >= 0 and needs a teacher, got {feature_weight}")
     if ema_decay is not None and not 0.0 < ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in (0, 1) or None, got {ema_decay}")
-    with cpu_training_backend(next(model.parameters()).device, log):
-        torch.manual_seed(seed)
-        loader = build_loader(train_ds, batch_size, train=True, seed=seed)
-        decay = [p for p in model.parameters() if p.ndim > 1]
-        no_decay = [p for p in model.parameters() if p.ndim <= 1]
-        opt = torch.optim.SGD([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0}],
-                              lr=lr, momentum=0.9, nesterov=True)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * len(loader), pct_start=0.1)
-        loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        use_bf16 = allow_bf16 and _bf16_is_faster(model, (batch_size, *train_ds[0][0].shape), log)
+    torch.manual_seed(seed)
+    loader = build_loader(train_ds, batch_size, train=True, seed=seed)
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0}],
+                          lr=lr, momentum=0.9, nesterov=True)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * len(loader), pct_start=0.1)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    use_bf16 = allow_bf16 and _bf16_is_faster(model, (batch_size, *train_ds[0][0].shape), log)
+    if teacher is not None:
+        teacher.eval()
+    model.train()
+    ema = ModelEma(model, ema_decay) if ema_decay is not None else None
+    feats, hooks = _record_layer_outputs(model, teacher) if feature_weight > 0 else (None, [])
+
+    def batch_loss(x, y):
+        logits = model(x)
+        loss = loss_fn(logits, y)
         if teacher is not None:
-            teacher.eval()
-        model.train()
-        ema = ModelEma(model, ema_decay) if ema_decay is not None else None
-        feats, hooks = _record_layer_outputs(model, teacher) if feature_weight > 0 else (None, [])
+            with torch.no_grad():
+                soft = F.softmax(teacher(x).float() / temperature, 1)
+            kd = F.kl_div(F.log_softmax(logits.float() / temperature, 1), soft, reduction="batchmean")
+            loss = (1 - distill_weight) * loss + distill_weight * temperature**2 * kd
+        if feats is not None:
+            loss = loss + feature_weight * feature_loss(*feats)
+            for f in feats:
+                f.clear()
+        return loss
 
-        def batch_loss(x, y):
-            logits = model(x)
-            loss = loss_fn(logits, y)
-            if teacher is not None:
-                with torch.no_grad():
-                    soft = F.softmax(teacher(x).float() / temperature, 1)
-                kd = F.kl_div(F.log_softmax(logits.float() / temperature, 1), soft, reduction="batchmean")
-                loss = (1 - distill_weight) * loss + distill_weight * temperature**2 * kd
-            if feats is not None:
-                loss = loss + feature_weight * feature_loss(*feats)
-                for f in feats:
-                    f.clear()
-            return loss
-
-        try:
+    try:
+        with cpu_training_backend(next(model.parameters()).device, log):
             for epoch in range(epochs):
                 total = 0.0
                 for x, y in loader:
@@ -88,12 +88,12 @@ def finetune(model: nn.Module, train_ds, epochs: int, *, lr: float = 0.05, batch
                         ema.update_parameters(model)
                     total += loss.item()
                 log(f"finetune epoch {epoch + 1}/{epochs}: loss {total / max(1, len(loader)):.4f}")
-        finally:
-            for h in hooks:
-                h.remove()
-        if ema is not None:
-            model.load_state_dict(ema.module.state_dict())
-        return model.eval()
+    finally:
+        for h in hooks:
+            h.remove()
+    if ema is not None:
+        model.load_state_dict(ema.module.state_dict())
+    return model.eval()
 
 
 def feature_loss(student: list, teacher: list) -> torch.Tensor:

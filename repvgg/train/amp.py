@@ -55,15 +55,16 @@ def time_train_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtypes,
     """Median seconds of one forward+backward per dtype (None = fp32), interleaved so that load
     changes on a shared machine hit every dtype alike; one warm-up step each."""
     times = {d: [] for d in dtypes}
-    for r in range(rounds + 1):
-        for d in dtypes:
-            t = time.perf_counter()
-            with torch.autocast("cpu", dtype=d or torch.float32, enabled=d is not None):
-                loss = F.cross_entropy(model(x).float(), y)
-            loss.backward()
-            model.zero_grad(set_to_none=True)
-            if r:
-                times[d].append(time.perf_counter() - t)
+    with cpu_training_backend(x.device):      # timed like training: same kernels, same oneDNN guard
+        for r in range(rounds + 1):
+            for d in dtypes:
+                t = time.perf_counter()
+                with torch.autocast("cpu", dtype=d or torch.float32, enabled=d is not None):
+                    loss = F.cross_entropy(model(x).float(), y)
+                loss.backward()
+                model.zero_grad(set_to_none=True)
+                if r:
+                    times[d].append(time.perf_counter() - t)
     return {d: statistics.median(v) for d, v in times.items()}
 
 
@@ -88,8 +89,7 @@ def _probe(model, input_shape, num_classes, channels_last, rounds):
     y = torch.randint(0, num_classes, (n,), generator=gen)
     if channels_last:
         probe, x = probe.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    with cpu_training_backend("cpu"):      # the probe's backward meets the same oneDNN bug as training
-        t = time_train_steps(probe, x, y, (None, torch.bfloat16), rounds)
+    t = time_train_steps(probe, x, y, (None, torch.bfloat16), rounds)
     speedup = t[None] / t[torch.bfloat16]
     per_image = {"fp32": t[None] / n, "bf16": t[torch.bfloat16] / n}
     return (torch.bfloat16 if speedup >= BF16_MIN_SPEEDUP else None), speedup, per_image
