@@ -188,3 +188,51 @@ def test_seg_scenes_benchmark_can_add_seeds_to_finished_runs(tmp_path):
     (tmp_path / "a_s0" / "summary.json").write_text("{}")
     assert mod.pending_runs(["a", "b"], [0, 1], tmp_path, keep_finished=True) == [("a", 1), ("b", 0), ("b", 1)]
     assert len(mod.pending_runs(["a", "b"], [0, 1], tmp_path, keep_finished=False)) == 4
+
+
+# ------------------------------------------------------------------ amp: auto on a CPU
+def test_seg_amp_auto_is_settled_by_the_probe_and_saved(tmp_path, monkeypatch):
+    """The scenes recipe says `amp: auto`: bf16 only where the probe finds it faster (a CPU without
+    native bf16 trains >10x slower in it), the choice logged and written to config.yaml."""
+    import yaml
+
+    from repvgg.seg import train as seg_train
+
+    calls = []
+
+    def fake_probe(model, shape, num_classes, dense=False):
+        calls.append((shape, dense))
+        return torch.bfloat16, 1.6, {"fp32": 1e-3, "bf16": 6e-4}
+    monkeypatch.setattr(seg_train, "probe_cpu_amp", fake_probe)
+    out = tmp_path / "run"
+    cfg = _cfg(out, epochs=1)
+    assert cfg["amp"] == "auto"
+    trainer = SegTrainer(cfg, out, quiet=True)
+    assert calls == [((8, 3, 48, 48), True)] and trainer.amp is torch.bfloat16
+    assert yaml.safe_load((out / "config.yaml").read_text())["amp"] == "bf16"
+    trainer.run()
+    assert "bf16 training steps ran 1.60x the fp32 speed on this CPU -> bf16" in (out / "train.log").read_text()
+
+    monkeypatch.setattr(seg_train, "probe_cpu_amp", lambda *a, **k: (None, 0.0, {}))
+    out2 = tmp_path / "run2"
+    trainer = SegTrainer(_cfg(out2, epochs=1), out2, quiet=True)
+    assert trainer.amp is None and yaml.safe_load((out2 / "config.yaml").read_text())["amp"] is False
+
+
+def test_cpu_amp_probe_times_a_segmenter_on_label_maps(monkeypatch):
+    from repvgg.seg import create_segmenter
+    from repvgg.train import amp
+
+    monkeypatch.setattr(amp, "cpu_has_bf16", lambda: True)     # time both dtypes on any CPU
+    seg = create_segmenter("pspnet_repvgg_a0", 5, head_channels=8).train()     # returns (main, aux)
+    dtype, speedup, per_image = amp.probe_cpu_amp(seg, (2, 3, 24, 24), 5, rounds=1, dense=True)
+    assert speedup > 0 and per_image["fp32"] > 0 and per_image["bf16"] > 0
+    assert all(p.grad is None for p in seg.parameters())
+
+
+def test_seg_amp_flags(tmp_path):
+    from repvgg.seg.config import resolve_seg_config
+
+    assert resolve_seg_config("scenes", {"amp": False})["amp"] is False
+    with pytest.raises(ValueError, match="amp must be"):
+        resolve_seg_config("scenes", {"amp": "int8"})

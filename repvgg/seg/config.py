@@ -79,6 +79,6 @@ def check_seg_config(cfg: dict) -> dict:
         raise ValueError(f"val_split must be a fraction in [0, 1), got {split!r}")
     if cfg["optimizer"] not in ("sgd", "adamw"):
         raise ValueError(f"optimizer must be sgd or adamw, got {cfg['optimizer']!r}")
-    if cfg["amp"] not in (True, False):
-        raise ValueError(f"amp must be true or false, got {cfg['amp']!r}")
+    if cfg["amp"] not in (True, False, "auto", "bf16", "fp16"):
+        raise ValueError(f"amp must be true/false/auto/bf16/fp16, got {cfg['amp']!r}")
     return cfg

@@ -60,7 +60,9 @@ def time_train_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtypes,
             for d in dtypes:
                 t = time.perf_counter()
                 with torch.autocast("cpu", dtype=d or torch.float32, enabled=d is not None):
-                    loss = F.cross_entropy(model(x).float(), y)
+                    out = model(x)
+                    outs = out if isinstance(out, (tuple, list)) else (out,)    # a segmenter's (main, aux)
+                    loss = sum(F.cross_entropy(o.float(), y) for o in outs)
                 loss.backward()
                 model.zero_grad(set_to_none=True)
                 if r:
@@ -69,24 +71,25 @@ def time_train_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtypes,
 
 
 def probe_cpu_amp(model: nn.Module, input_shape: tuple, num_classes: int, *, channels_last: bool = False,
-                  rounds: int = 5) -> tuple[torch.dtype | None, float, dict]:
+                  rounds: int = 5, dense: bool = False) -> tuple[torch.dtype | None, float, dict]:
     """(dtype to train in, bf16 speed-up over fp32, seconds per image per dtype) on this CPU.
 
     Times a copy of `model` in train mode (its weights, BN statistics and the global RNG are left
-    untouched) on a synthetic batch of `input_shape` (batch capped at PROBE_BATCH).
+    untouched) on a synthetic batch of `input_shape` (batch capped at PROBE_BATCH). ``dense``: the
+    model labels every pixel (a segmenter), so the targets are [N, H, W] label maps.
     """
     if not cpu_has_bf16():
         return None, 0.0, {}
     with torch.random.fork_rng(devices=[]):     # dropout in the probe must not shift the run's RNG
-        return _probe(model, input_shape, num_classes, channels_last, rounds)
+        return _probe(model, input_shape, num_classes, channels_last, rounds, dense)
 
 
-def _probe(model, input_shape, num_classes, channels_last, rounds):
+def _probe(model, input_shape, num_classes, channels_last, rounds, dense=False):
     probe = copy.deepcopy(model).train()
     gen = torch.Generator().manual_seed(0)
     n = max(2, min(int(input_shape[0]), PROBE_BATCH))
     x = torch.randn((n, *input_shape[1:]), generator=gen)
-    y = torch.randint(0, num_classes, (n,), generator=gen)
+    y = torch.randint(0, num_classes, (n, *input_shape[2:]) if dense else (n,), generator=gen)
     if channels_last:
         probe, x = probe.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     t = time_train_steps(probe, x, y, (None, torch.bfloat16), rounds)
