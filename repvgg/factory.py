@@ -14,9 +14,10 @@ from .archs import ARCHS, canonical_name
 from .build import build_model
 from .checkpoint import load_state_dict, read_checkpoint
 from .hub import load_pretrained
+from .input_adapt import adapt_first_convs, stem_kernel_keys
 from .model import RepVGGFeatures
 from .tvmodels import is_tv_name
-from .rebuild import saved_shape
+from .rebuild import saved_shape, state_in_our_naming
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -63,6 +64,9 @@ def create_model(
     if checkpoint is not None:
         state, meta = read_checkpoint(checkpoint)
         width, channels, depths, deploy = saved_shape(state, meta, canonical, width, channels, depths, deploy)
+        state, naming = state_in_our_naming(state, meta, str(checkpoint))
+        if naming != "torchvision":     # a gray-trained stem starts an RGB model and back (warns)
+            state = adapt_first_convs(state, in_chans, stem_kernel_keys(state), str(checkpoint))
     model = build_model(canonical, num_classes, in_chans, bool(deploy), width=width, channels=channels,
                         depths=depths, **kwargs)
     if pretrained:

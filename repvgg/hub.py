@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import load_state_dict, normalize_state_dict, read_checkpoint
+from .input_adapt import adapt_first_convs, stem_kernel_keys
 
 BASE_URL = "https://download.openmmlab.com/mmclassification/v0/repvgg/"
 _SHORT = "4xb64-coslr-120e_in1k"
@@ -69,6 +70,8 @@ def load_pretrained(model: nn.Module, name: str) -> nn.Module:
     path = pretrained_path(name)
     sd, _ = read_checkpoint(path)
     sd, _ = normalize_state_dict(sd, str(path))
+    in_chans = model.stem.in_channels if hasattr(model, "stem") else 3
+    sd = adapt_first_convs(sd, in_chans, stem_kernel_keys(sd), str(path))     # ImageNet RGB -> gray etc.
     head, theirs = model.state_dict().get("head.fc.weight"), sd.get("head.fc.weight")
     if head is not None and theirs is not None and head.shape != theirs.shape:
         warnings.warn(

@@ -193,7 +193,7 @@ def test_seg_scenes_benchmark_can_add_seeds_to_finished_runs(tmp_path):
 # ------------------------------------------------------------------ amp: auto on a CPU
 def test_seg_amp_auto_is_settled_by_the_probe_and_saved(tmp_path, monkeypatch):
     """The scenes recipe says `amp: auto`: bf16 only where the probe finds it faster (a CPU without
-    native bf16 trains >10x slower in it), the choice logged and written to config.yaml."""
+    native bf16 trains over 6x slower in it), the choice logged and written to config.yaml."""
     import yaml
 
     from repvgg.seg import train as seg_train

@@ -54,19 +54,15 @@ class ResNetFeatures(nn.Module):
 
 def load_resnet_weights(net: nn.Module, path: str | PathLike, name: str) -> None:
     """Load a torchvision / timm ResNet classification checkpoint (``conv1``, ``bn1``, ``layer1-4``; the
-    ``fc`` classifier is dropped) into ``net``; dilation changes no weight shape. A 3-channel first conv
-    is summed over its inputs for 1-channel images (as timm adapts it); anything else that does not fit
+    ``fc`` classifier is dropped) into ``net``; dilation changes no weight shape. A first conv trained on
+    other input channels is adapted (gray <-> RGB, see repvgg.input_adapt); anything else that does not fit
     is refused with the keys that differ."""
     from ..checkpoint import CheckpointError, read_checkpoint
+    from ..input_adapt import adapt_first_convs
 
     sd, _ = read_checkpoint(path)
     sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
-    w, want = sd.get("conv1.weight"), net.conv1.weight.shape
-    if w is not None and w.ndim == 4 and w.shape[1] != want[1]:
-        if want[1] != 1:
-            raise CheckpointError(f"{path}: its first conv takes {w.shape[1]}-channel images, the model "
-                                  f"{want[1]}-channel ones (only 3 -> 1 is adapted, by summing)")
-        sd["conv1.weight"] = w.sum(1, keepdim=True)
+    sd = adapt_first_convs(sd, net.conv1.in_channels, ["conv1.weight"], str(path))
     expected = net.state_dict()
     missing = [k for k in expected if k not in sd and not k.startswith("fc.")]
     unexpected = [k for k in sd if k not in expected]
