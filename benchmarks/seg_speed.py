@@ -29,6 +29,14 @@ def _ratio(row: dict) -> str:
     return f"{row['speedup_vs_pair']:.2f}x" if "speedup_vs_pair" in row else "(baseline)"
 
 
+def _ort_version() -> str:
+    try:
+        import onnxruntime
+        return onnxruntime.__version__
+    except ImportError:
+        return "not installed"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=512)
@@ -38,17 +46,21 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--table8", action="store_true", help="also Table 8's third pair, B2 vs ResNet-101")
+    ap.add_argument("--runtime", choices=("torch", "onnxruntime", "both"), default="torch",
+                    help="time PyTorch eager, the exported ONNX files in onnxruntime, or both (CPU)")
     ap.add_argument("--out", help="results name (default seg_speed_cpu / seg_speed_cuda_<gpu>)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pairs = PAIRS + ([("pspnet_repvgg_b2", "pspnet_resnet101")] if args.table8 else [])
     rows = []
+    runtimes = ("torch", "onnxruntime") if args.runtime == "both" else (args.runtime,)
     for ours, theirs in pairs:
-        pair = compare_speed([theirs, ours], size=args.size, batch=args.batch_size, classes=args.classes,
-                             repeats=args.repeats, device=args.device)
-        pair[1]["speedup_vs_pair"] = pair[1].pop("speed_vs_first")
-        pair[0].pop("speed_vs_first")
-        rows += [pair[1], pair[0]]
+        for rt in runtimes:
+            pair = compare_speed([theirs, ours], size=args.size, batch=args.batch_size, classes=args.classes,
+                                 repeats=args.repeats, device=args.device, runtime=rt, threads=args.threads)
+            pair[1]["speedup_vs_pair"] = pair[1].pop("speed_vs_first")
+            pair[0].pop("speed_vs_first")
+            rows += [{**r, "runtime": rt} for r in (pair[1], pair[0])]
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
     hw = f"{cpu}, {args.threads} torch threads"
@@ -64,11 +76,11 @@ def main() -> int:
     (out / f"{name}.json").write_text(json.dumps(result, indent=2))
     md = [f"# PSPNet speed pairs (paper Table 8 protocol, {args.device}): {args.size}x{args.size}, batch "
           f"{args.batch_size}, fp32, deploy forms, conv-BN folded", "", f"- command: `{cmd}`",
-          f"- {result['date']}; {hw}, torch {torch.__version__}; pairs timed "
+          f"- {result['date']}; {hw}, torch {torch.__version__}, onnxruntime {_ort_version()}; pairs timed "
           f"interleaved, median of {args.repeats}", "",
-          f"| segmenter | ms / batch of {args.batch_size} | speed-up vs its pair | params backbone / head (M) | "
-          "GMACs per image backbone / head |", "|---|---|---|---|---|"]
-    md += [f"| {r['model']} | {r['ms']:.0f} | {_ratio(r)} | "
+          f"| segmenter | runtime | ms / batch of {args.batch_size} | speed-up vs its pair | params backbone / head (M) | "
+          "GMACs per image backbone / head |", "|---|---|---|---|---|---|"]
+    md += [f"| {r['model']} | {r.get('runtime', 'torch')} | {r['ms']:.0f} | {_ratio(r)} | "
            f"{r['params_backbone_m']:.1f} / {r['params_head_m']:.1f} | {r['gmacs_backbone']:.1f} / "
            f"{r['gmacs_head']:.1f} |" for r in rows]
     write_keeping_story(out / f"{name}.md", md)

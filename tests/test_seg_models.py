@@ -74,3 +74,15 @@ def test_a_torchvision_resnet_checkpoint_loads_into_the_baseline(tmp_path):
     a0 = repvgg.save_checkpoint(repvgg.create_model("repvgg_a0", num_classes=10), tmp_path / "a0.safetensors")
     with pytest.raises(CheckpointError, match="not a resnet18 checkpoint.*missing"):
         create_segmenter("pspnet_resnet18", 4, backbone_checkpoint=a0)
+
+
+def test_speed_pairs_time_the_exported_files_in_onnxruntime():
+    pytest.importorskip("onnxruntime")
+    from repvgg.seg.bench import compare_speed
+
+    rows = compare_speed(["pspnet_resnet18", "pspnet_repvgg_a0"], size=48, classes=3, repeats=1,
+                         head_channels=8, runtime="onnxruntime", threads=1)
+    assert [r["model"] for r in rows] == ["pspnet_resnet18", "pspnet_repvgg_a0"]
+    assert all(r["ms"] > 0 and r["gmacs_head"] > 0 for r in rows) and rows[0]["speed_vs_first"] == 1.0
+    with pytest.raises(ValueError, match="unknown runtime"):
+        compare_speed(["pspnet_resnet18"], size=48, runtime="tensorrt")

@@ -24,10 +24,44 @@ def deployed_for_speed(name: str, classes: int, head_channels: int = 512) -> tor
     return fuse(reparameterize(seg)).eval()
 
 
+RUNTIMES = ("torch", "onnxruntime")
+
+
+def _ort_runner(model: torch.nn.Module, x: torch.Tensor, threads: int | None):
+    """The deploy form exported to ONNX and run by onnxruntime, its output checked against PyTorch's.
+
+    Not ``export_model``: that one refuses a graph that is not plain, and the ResNet baselines keep
+    their Add and MaxPool."""
+    import contextlib
+    import io
+    import warnings
+
+    from ..deploy.quantize import ort_session
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        proto = torch.onnx.export(model, (x,), None, dynamo=True, opset_version=18, input_names=["input"],
+                                  verbose=False).model_proto
+    sess = ort_session(proto.SerializeToString(), threads)
+    feed = {"input": x.numpy()}
+    with torch.inference_mode():
+        ref = model(x)
+    err = float((torch.as_tensor(sess.run(None, feed)[0]) - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+    if not err < 1e-4:
+        raise RuntimeError(f"onnxruntime's output differs from PyTorch's (relative error {err:.1e}): not timed")
+    return lambda: sess.run(None, feed)
+
+
 def compare_speed(names: list[str], size: int = 512, batch: int = 1, classes: int = 19, repeats: int = 5,
-                  device: str = "cpu", head_channels: int = 512) -> list[dict]:
+                  device: str = "cpu", head_channels: int = 512, runtime: str = "torch",
+                  threads: int | None = None) -> list[dict]:
     """One row per segmenter: ms per batch (median, interleaved), params and GMACs of backbone and head.
-    ``speed_vs_first``: the first model's time over this one's (2.0 = twice as fast as the first)."""
+    ``speed_vs_first``: the first model's time over this one's (2.0 = twice as fast as the first).
+    ``runtime="onnxruntime"`` (CPU): each deploy form exported to ONNX and run by onnxruntime."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; one of {', '.join(RUNTIMES)}")
+    if runtime == "onnxruntime" and device != "cpu":
+        raise ValueError("runtime onnxruntime is timed on the CPU here (its CPU provider); use device='cpu'")
     dev = torch.device(device)
     x = torch.randn(batch, 3, size, size, device=dev)
     models = {n: deployed_for_speed(n, classes, head_channels).to(dev) for n in names}
@@ -37,8 +71,12 @@ def compare_speed(names: list[str], size: int = 512, batch: int = 1, classes: in
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    with torch.inference_mode():
-        t = time_interleaved({n: (lambda m=m: run(m)) for n, m in models.items()}, repeats=repeats, warmup=2)
+    if runtime == "onnxruntime":
+        fns = {n: _ort_runner(m, x, threads) for n, m in models.items()}
+        t = time_interleaved(fns, repeats=repeats, warmup=2)
+    else:
+        with torch.inference_mode():
+            t = time_interleaved({n: (lambda m=m: run(m)) for n, m in models.items()}, repeats=repeats, warmup=2)
     rows = []
     for n in names:
         seg = reparameterize(create_segmenter(n, classes, aux=False, head_channels=head_channels).eval())
