@@ -63,8 +63,8 @@ def create_model(
     state = None
     if checkpoint is not None:
         state, meta = read_checkpoint(checkpoint)
-        width, channels, depths, deploy = saved_shape(state, meta, canonical, width, channels, depths, deploy)
         state, naming = state_in_our_naming(state, meta, str(checkpoint))
+        width, channels, depths, deploy = saved_shape(state, meta, canonical, width, channels, depths, deploy)
         if naming != "torchvision":     # a gray-trained stem starts an RGB model and back (warns)
             state = adapt_first_convs(state, in_chans, stem_kernel_keys(state), str(checkpoint))
     model = build_model(canonical, num_classes, in_chans, bool(deploy), width=width, channels=channels,

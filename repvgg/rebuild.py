@@ -56,14 +56,14 @@ def state_in_our_naming(sd: Mapping, meta: Mapping, source: str) -> tuple[dict, 
     return normalize_state_dict(sd, source)
 
 
-def saved_shape(sd: Mapping, meta: Mapping, name: str, width, channels, depths, deploy):
-    """``(width, channels, depths, deploy)`` for ``create_model(name, checkpoint=...)``.
+def saved_shape(ours: Mapping, meta: Mapping, name: str, width, channels, depths, deploy):
+    """``(width, channels, depths, deploy)`` for ``create_model(name, checkpoint=...)``, from the
+    file's state dict as :func:`state_in_our_naming` gives it and its metadata.
 
     What the caller left unset comes from the file: the form (train-time or fused), and the widths
     and depths its metadata records for this same model (a pruned or resized one), so every
     checkpoint repvgg writes loads through ``create_model`` as well.
     """
-    ours, _ = state_in_our_naming(sd, meta, "checkpoint")
     if deploy is None:
         deploy = is_deploy_form(ours)
     saved = meta.get("build_args")
