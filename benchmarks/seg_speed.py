@@ -80,7 +80,7 @@ def main() -> int:
           f"interleaved, median of {args.repeats}", "",
           f"| segmenter | runtime | ms / batch of {args.batch_size} | speed-up vs its pair | params backbone / head (M) | "
           "GMACs per image backbone / head |", "|---|---|---|---|---|---|"]
-    md += [f"| {r['model']} | {r.get('runtime', 'torch')} | {r['ms']:.0f} | {_ratio(r)} | "
+    md += [f"| {r['model']} | {r['runtime']} | {r['ms']:.0f} | {_ratio(r)} | "
            f"{r['params_backbone_m']:.1f} / {r['params_head_m']:.1f} | {r['gmacs_backbone']:.1f} / "
            f"{r['gmacs_head']:.1f} |" for r in rows]
     write_keeping_story(out / f"{name}.md", md)

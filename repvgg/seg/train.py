@@ -21,7 +21,7 @@ from ..cpu_backend import cpu_training_backend
 from ..fileio import atomic_write_text
 from ..reparam import reparameterize
 from ..threads import set_threads
-from ..train.amp import amp_dtype, probe_cpu_amp
+from ..train.amp import amp_dtype, probe_cpu_amp, settle_auto
 from ..train.config import save_config
 from ..train.interrupt import StopFlag, TrainingInterrupted
 from ..train.metrics import MetricsLog
@@ -98,12 +98,9 @@ class SegTrainer:
         size = self.test_ds[0][0].shape[-1] if cfg["crop_size"] is None else cfg["crop_size"]
         dtype, speedup, _ = probe_cpu_amp(self.model, (cfg["batch_size"], self.info.in_chans, size, size),
                                           self.info.num_classes, dense=True)
-        cfg["amp"] = "bf16" if dtype is not None else False
+        note = settle_auto(cfg, dtype, speedup)
         save_config(cfg, self.out / "config.yaml")
-        if not speedup:
-            return dtype, "amp auto: no native bf16 on this CPU, training in fp32"
-        return dtype, (f"amp auto: bf16 training steps ran {speedup:.2f}x the fp32 speed on this CPU -> "
-                       f"{'bf16' if dtype is not None else 'fp32'} (saved as amp: {cfg['amp']})")
+        return dtype, note
 
     # ------------------------------------------------------------------ state
     def _meta(self, **extra) -> dict:

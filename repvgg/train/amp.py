@@ -98,4 +98,13 @@ def _probe(model, input_shape, num_classes, channels_last, rounds, dense=False):
     return (torch.bfloat16 if speedup >= BF16_MIN_SPEEDUP else None), speedup, per_image
 
 
-__all__ = ["BF16_MIN_SPEEDUP", "amp_dtype", "cpu_has_bf16", "probe_cpu_amp", "time_train_steps"]
+def settle_auto(cfg: dict, dtype: torch.dtype | None, speedup: float) -> str:
+    """Write what the probe settled `amp: auto` to into ``cfg`` (saved, so a resume keeps it); the log line."""
+    cfg["amp"] = "bf16" if dtype is not None else False
+    if not speedup:
+        return "amp auto: no native bf16 on this CPU, training in fp32"
+    return (f"amp auto: bf16 training steps ran {speedup:.2f}x the fp32 speed on this CPU -> "
+            f"{'bf16' if dtype is not None else 'fp32'} (saved as amp: {cfg['amp']})")
+
+
+__all__ = ["BF16_MIN_SPEEDUP", "amp_dtype", "cpu_has_bf16", "probe_cpu_amp", "settle_auto", "time_train_steps"]

@@ -27,7 +27,7 @@ from ..evaluate import evaluate
 from ..factory import create_model
 from ..threads import set_threads
 from . import distributed as D
-from .amp import amp_dtype, probe_cpu_amp
+from .amp import amp_dtype, probe_cpu_amp, settle_auto
 from .config import AUGMENTATION_KEYS, augmentation_kwargs, model_kwargs, save_config
 from .custom_l2 import covered_kernels, custom_l2, custom_l2_blocks
 from .ema import ModelEma
@@ -163,13 +163,10 @@ class Trainer:
         size = self.info.image_size
         dtype, speedup, _ = probe_cpu_amp(self.model, (cfg["batch_size"], self.info.in_chans, size, size),
                                           self.info.num_classes, channels_last=cfg["channels_last"])
-        cfg["amp"] = "bf16" if dtype is not None else False
+        note = settle_auto(cfg, dtype, speedup)
         if self.dist.is_main:
             save_config(cfg, self.out / "config.yaml")
-        if not speedup:
-            return dtype, "amp auto: no native bf16 on this CPU, training in fp32"
-        return dtype, (f"amp auto: bf16 training steps ran {speedup:.2f}x the fp32 speed on this CPU -> "
-                       f"{'bf16' if dtype is not None else 'fp32'} (saved as amp: {cfg['amp']})")
+        return dtype, note
 
     # ------------------------------------------------------------------ state
     def _load_last(self) -> None:
