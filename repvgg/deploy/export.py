@@ -111,11 +111,14 @@ def _dim_batch():
     return torch.export.Dim("batch", min=1, max=4096)
 
 
-def _export_onnx(model, tmp: Path, example, *, opset, dynamic_batch):
-    onnx, ort = require("onnx"), require("onnxruntime")
+def onnx_proto(model: nn.Module, example: torch.Tensor, *, opset: int = DEFAULT_OPSET,
+               dynamic_batch: bool = False) -> tuple:
+    """``(ModelProto, notes)``: ``model`` traced on ``example`` by torch's exporter, opset checked and
+    ``onnx.checker`` passed; no claim about which ops it holds (export_model adds that check)."""
+    onnx = require("onnx")
     onnxscript_optimizer = require("onnxscript.optimizer")   # both exporters need onnxscript
 
-    report = ExportReport(tmp, "onnx")
+    notes = []
     quiet = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(quiet):
         warnings.simplefilter("ignore")  # legacy-exporter deprecation and tracer notes
@@ -131,11 +134,18 @@ def _export_onnx(model, tmp: Path, example, *, opset, dynamic_batch):
             torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=opset,
                               input_names=["input"], output_names=["logits"], dynamic_axes=axes)
             proto = onnxscript_optimizer.optimize(onnx.load_from_string(buf.getvalue()))
-            report.notes.append(f"opset {opset} < 18 uses torch's legacy (TorchScript-based) ONNX exporter")
+            notes.append(f"opset {opset} < 18 uses torch's legacy (TorchScript-based) ONNX exporter")
     got = [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")]
     if got != [opset]:
         raise ExportCheckError(f"the exporter produced opset {got}, not the requested {opset}")
     onnx.checker.check_model(proto, full_check=True)
+    return proto, notes
+
+
+def _export_onnx(model, tmp: Path, example, *, opset, dynamic_batch):
+    ort = require("onnxruntime")
+    report = ExportReport(tmp, "onnx")
+    proto, report.notes = onnx_proto(model, example, opset=opset, dynamic_batch=dynamic_batch)
     report.ops = Counter(n.op_type for n in proto.graph.node)
     segmenter = hasattr(model, "head") and hasattr(model.head, "bins")
     allowed = (PLAIN_OPS | (SE_OPS if _has_se(model) else frozenset()) | _residual_ops(model)

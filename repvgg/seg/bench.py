@@ -30,18 +30,12 @@ RUNTIMES = ("torch", "onnxruntime")
 def _ort_runner(model: torch.nn.Module, x: torch.Tensor, threads: int | None):
     """The deploy form exported to ONNX and run by onnxruntime, its output checked against PyTorch's.
 
-    Not ``export_model``: that one refuses a graph that is not plain, and the ResNet baselines keep
-    their Add and MaxPool."""
-    import contextlib
-    import io
-    import warnings
-
+    ``onnx_proto``, not ``export_model``: that one refuses a graph that is not plain, and the ResNet
+    baselines keep their Add and MaxPool."""
+    from ..deploy.export import onnx_proto
     from ..deploy.quantize import ort_session
 
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        proto = torch.onnx.export(model, (x,), None, dynamo=True, opset_version=18, input_names=["input"],
-                                  verbose=False).model_proto
+    proto, _ = onnx_proto(model, x)
     sess = ort_session(proto.SerializeToString(), threads)
     feed = {"input": x.numpy()}
     with torch.inference_mode():
