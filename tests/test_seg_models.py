@@ -16,6 +16,7 @@ def test_the_registry_names_every_zoo_model_fast_variant_and_resnet_baseline():
             "pspnet_resnet101"} <= set(names) and len(names) == 2 * len(repvgg.list_models()) + 3
     with pytest.raises(ValueError, match="unknown segmenter"):
         create_segmenter("unet_a0", 5)
+    assert repvgg.create_segmenter is create_segmenter and repvgg.list_segmenters() == names   # the API
 
 
 @pytest.mark.parametrize("name", ["pspnet_repvgg_a0", "pspnet_repvgg_a0_fast"])
