@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import repvgg  # noqa: E402
+from repvgg.bench.report import cpu_label  # noqa: E402
 from repvgg.deploy.export import TOLERANCE, export_model  # noqa: E402
 from tests.conftest import randomize_bn_  # noqa: E402
 
@@ -29,10 +30,7 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def hardware() -> str:
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    flags = open("/proc/cpuinfo").read()
-    isa = "AVX512-BF16/VNNI" if "avx512_bf16" in flags else "AVX2" if "avx2" in flags else "?"
-    return (f"{cpu} ({isa}), {torch.get_num_threads()} torch threads, {platform.machine()}, CPU shared with other jobs, "
+    return (f"{cpu_label()}, {torch.get_num_threads()} torch threads, {platform.machine()}, CPU shared with other jobs, "
             "no GPU")
 
 

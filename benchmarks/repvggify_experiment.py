@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -94,8 +93,8 @@ def main() -> int:
             rows.append(dict(model=model, repvggify=rep, seeds=len(rs), mean=statistics.mean(acc),
                              std=statistics.stdev(acc) if len(acc) > 1 else 0.0, per_seed=acc,
                              train_min=statistics.mean(r["train_s"] for r in rs) / 60))
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
+    from repvgg.bench.report import cpu_label
+    cpu = cpu_label()
     cmd = "python " + " ".join(sys.argv)
     result = dict(command=cmd, started=started, cpu=cpu, cores=os.cpu_count(), threads=args.threads,
                   torch=torch.__version__, load_after=os.getloadavg(), args=vars(args), rows=rows, runs=runs,

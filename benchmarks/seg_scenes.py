@@ -8,12 +8,17 @@ of training steps, best epoch picked on the validation split, both forms scored 
 scenes at the end). Runs started together share the machine alike; --parallel 1 runs them in turn.
 Writes benchmarks/results/seg_scenes_<tag>.{json,md} from the runs' summary.json files
 (--collect-only: only that, from existing runs).
+
+--pretrain-epochs E first trains each segmenter's backbone as a Fashion-MNIST classifier (`repvgg
+train --model repvgg_a0 | tv:resnet18 --no-small-input --epochs E`, the ImageNet stem, on the same
+training images the scenes are built from) and starts the segmenter from its best checkpoint, as the
+paper starts from ImageNet weights; the pretraining minutes are reported beside the segmentation budget.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import statistics
 import subprocess
 import sys
@@ -28,10 +33,8 @@ from benchmarks.results_md import write_keeping_story  # noqa: E402
 
 
 def _cpu() -> str:
-    info = Path("/proc/cpuinfo")
-    names = [ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines() if ln.startswith("model name")] \
-        if info.is_file() else []
-    return f"{names[0] if names else platform.processor()}, {len(names)} logical cores"
+    from repvgg.bench.report import cpu_label
+    return f"{cpu_label()}, {os.cpu_count()} logical cores"
 
 
 def pending_runs(models, seeds, runs: Path, keep_finished: bool) -> list[tuple[str, int]]:
@@ -40,21 +43,66 @@ def pending_runs(models, seeds, runs: Path, keep_finished: bool) -> list[tuple[s
             if not (keep_finished and (runs / f"{m}_s{s}" / "summary.json").is_file())]
 
 
+def backbone_of(segmenter: str) -> str:
+    """The classifier whose checkpoint starts a segmenter's backbone: pspnet_repvgg_a0(_fast) -> repvgg_a0,
+    pspnet_resnet18 -> tv:resnet18."""
+    arch = segmenter.removeprefix("pspnet_").removesuffix("_fast")
+    return f"tv:{arch}" if arch.startswith("resnet") else arch
+
+
+def commands(args, m: str, s: int, runs: Path) -> list[list[str]]:
+    """The commands of one (model, seed) run, in order: [pretrain the backbone,] train the segmenter."""
+    data_dir = ["--data-dir", args.data_dir] if args.data_dir else []
+    seg = [sys.executable, "-m", "repvgg", "seg", "train", "--model", m, "--seed", str(s), "--threads",
+           str(args.threads), "--time-budget-min", str(args.budget_min), "--output", str(runs / f"{m}_s{s}"),
+           "--overwrite", "--quiet", "--recipe", args.recipe] + data_dir
+    if not args.pretrain_epochs:
+        return [seg]
+    backbone, pre = backbone_of(m), runs / f"{m}_s{s}_pretrain"
+    shape = [] if backbone.startswith("tv:") else ["--width", "1", "--depths", "model"]
+    pretrain = [sys.executable, "-m", "repvgg", "train", "--model", backbone, "--recipe", "small", *shape,
+                "--no-small-input", "--data", "fashion-mnist", "--epochs", str(args.pretrain_epochs), "--seed", str(s),
+                "--threads", str(args.threads), "--output", str(pre), "--overwrite", "--quiet"] + data_dir
+    return [pretrain, seg + ["--backbone-checkpoint", str(pre / "best.safetensors")]]
+
+
 def launch(args, runs: Path) -> None:
+    """Run the (model, seed) jobs, --parallel at a time; a job whose pretraining fails is not continued.
+    Each pretraining's wall time goes into its folder's harness.json (reported beside the budget)."""
     jobs, pending = [], pending_runs(args.models, args.seeds, runs, args.keep_finished)
+
+    def start(job, cmd):
+        job.update(proc=subprocess.Popen(cmd, stdout=job["log"], stderr=subprocess.STDOUT, cwd=ROOT), t0=time.time())
+
     while pending or jobs:
         while pending and len(jobs) < args.parallel:
             m, s = pending.pop(0)
-            out = runs / f"{m}_s{s}"
-            cmd = [sys.executable, "-m", "repvgg", "seg", "train", "--model", m, "--seed", str(s), "--threads",
-                   str(args.threads), "--time-budget-min", str(args.budget_min), "--output", str(out),
-                   "--overwrite", "--quiet", "--recipe", args.recipe] + (["--data-dir", args.data_dir] if args.data_dir else [])
-            log = open(runs / f"{m}_s{s}.log", "w")
-            jobs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log))
+            job = {"log": open(runs / f"{m}_s{s}.log", "w"), "todo": commands(args, m, s, runs),
+                   "pretrain": runs / f"{m}_s{s}_pretrain"}
+            start(job, job["todo"].pop(0))
+            jobs.append(job)
         time.sleep(2)
-        for job in [j for j in jobs if j[0].poll() is not None]:
-            job[1].close()
+        for job in [j for j in jobs if j["proc"].poll() is not None]:
+            ok = job["proc"].returncode == 0
+            if ok and job["todo"]:        # the pretraining finished: time it, go on to the segmenter
+                (job["pretrain"] / "harness.json").write_text(json.dumps({"pretrain_min": (time.time() - job["t0"]) / 60}))
+                start(job, job["todo"].pop(0))
+                continue
+            if not ok:
+                print(f"failed ({job['proc'].returncode}): {' '.join(job['proc'].args)}; see {job['log'].name}",
+                      file=sys.stderr)
+            job["log"].close()
             jobs.remove(job)
+
+
+def _pretraining(folder: Path) -> dict:
+    """What the backbone's pretraining reached and cost (empty for a run from scratch)."""
+    if not (folder / "summary.json").is_file():
+        return {}
+    sm = json.loads((folder / "summary.json").read_text())
+    timing = folder / "harness.json"
+    return {"pretrain_val_top1": sm.get("val_top1"), "pretrain_test_top1": sm.get("deploy_top1"),
+            "pretrain_min": json.loads(timing.read_text())["pretrain_min"] if timing.is_file() else None}
 
 
 def collect(args, runs: Path) -> dict:
@@ -72,7 +120,7 @@ def collect(args, runs: Path) -> dict:
                              "agreement_pct": sm["pixel_agreement_pct"], "fusion_ok": sm["fusion_ok"],
                              "train_min": sm["train_time_s"] / 60 if sm.get("train_time_s") else None,
                              "steps": metrics[-1]["step"] if metrics else None, "best_epoch": sm["best_epoch"],
-                             "test_images": sm.get("test_images"),
+                             "test_images": sm.get("test_images"), **_pretraining(runs / f"{m}_s{s}_pretrain"),
                              "per_class_iou": sm["per_class_iou"]})
         if per_seed:
             mious = [r["test_miou"] for r in per_seed]
@@ -80,7 +128,7 @@ def collect(args, runs: Path) -> dict:
                          "test_miou_sd": statistics.stdev(mious) if len(mious) > 1 else 0.0})
     return {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "cpu": _cpu(), "torch": torch.__version__, "budget_min": args.budget_min, "threads": args.threads,
-            "parallel": args.parallel, "recipe": args.recipe, "rows": rows}
+            "parallel": args.parallel, "recipe": args.recipe, "pretrain_epochs": args.pretrain_epochs, "rows": rows}
 
 
 def write(result: dict, tag: str) -> str:
@@ -104,6 +152,12 @@ def write(result: dict, tag: str) -> str:
         agree = min(x["agreement_pct"] for x in r["runs"])
         md.append(f"| {r['model']} | {r['test_miou_mean']:.2f} +- {r['test_miou_sd']:.2f} | {seeds} | {acc:.2f} | "
                   f"{steps} | {'yes' if same else 'NO'} (labels {agree:.3f}% identical) |")
+    pre = [(r["model"], x) for r in result["rows"] for x in r["runs"] if "pretrain_min" in x]
+    if pre:
+        md += ["", "Backbones pretrained as Fashion-MNIST classifiers first (`--pretrain-epochs`):", "",
+               "| segmenter | seed | pretraining (min) | its val / test top-1 |", "|---|---|---|---|"]
+        md += [f"| {m} | {x['seed']} | {x['pretrain_min'] or float('nan'):.1f} | {x['pretrain_val_top1'] or float('nan'):.2f} / "
+               f"{x['pretrain_test_top1'] or float('nan'):.2f} |" for m, x in pre]
     write_keeping_story(out / f"{name}.md", md)
     return "\n".join(md)
 
@@ -120,6 +174,8 @@ def main() -> int:
     ap.add_argument("--runs", default="runs/seg_scenes")
     ap.add_argument("--tag", default="cpu")
     ap.add_argument("--collect-only", action="store_true")
+    ap.add_argument("--pretrain-epochs", type=int, default=0,
+                    help="first train each backbone as a Fashion-MNIST classifier for this many epochs (0: from scratch)")
     ap.add_argument("--keep-finished", action="store_true",
                     help="train only the (model, seed) runs without a summary.json (add seeds to an earlier run)")
     args = ap.parse_args()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.results_md import write_keeping_story  # noqa: E402
+from repvgg.bench.report import cpu_label  # noqa: E402
 from repvgg.seg.bench import PAIRS, compare_speed  # noqa: E402
 
 
@@ -61,9 +61,7 @@ def main() -> int:
             pair[1]["speedup_vs_pair"] = pair[1].pop("speed_vs_first")
             pair[0].pop("speed_vs_first")
             rows += [{**r, "runtime": rt} for r in (pair[1], pair[0])]
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
-    hw = f"{cpu}, {args.threads} torch threads"
+    hw = f"{cpu_label()}, {args.threads} torch threads"
     name = args.out or "seg_speed_cpu"
     if args.device.startswith("cuda"):
         gpu = torch.cuda.get_device_name()

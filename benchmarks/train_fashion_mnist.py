@@ -41,16 +41,9 @@ sys.path.insert(0, str(ROOT.parent))  # the repvgg beside this script, installed
 def hardware() -> dict:
     import torch
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return {"cpu": cpu, "cores": os.cpu_count(), "avx512_bf16": "avx512_bf16" in flags,
+    from repvgg.bench.report import cpu_isa, cpu_name
+
+    return {"cpu": cpu_name(), "isa": cpu_isa(), "cores": os.cpu_count(), "avx512_bf16": cpu_isa().endswith("BF16"),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
 

@@ -137,3 +137,11 @@ def test_a_stage_input_is_released_after_its_first_block(features_only):
     with torch.no_grad():
         model(torch.randn(2, 3, 64, 64))
     assert alive_at == [False]
+
+
+def test_cpu_label_names_the_vector_extensions(monkeypatch):
+    from repvgg.bench import report
+
+    assert report.cpu_label() == f"{report.cpu_name()} ({report.cpu_isa()})"
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert report.cpu_isa() == "AVX2"   # no "-BF16" without AVX-512, whatever oneDNN says

@@ -154,6 +154,12 @@ def test_cli_bench_prints_the_pair_and_refuses_unknown_names(capsys):
     assert "| pspnet_repvgg_a0 |" in out and "| pspnet_resnet18 |" in out and "1.00x" in out
     assert main(["seg", "bench", "pspnet_vgg16"]) == 2
     assert "unknown segmenter" in capsys.readouterr().err
+    pytest.importorskip("onnxruntime")
+    assert main(["seg", "bench", "pspnet_repvgg_a0", "--size", "48", "--repeats", "1", "--threads", "1",
+                 "--runtime", "onnxruntime"]) == 0
+    assert "onnxruntime" in capsys.readouterr().out
+    assert main(["seg", "bench", "pspnet_repvgg_a0", "--device", "cuda", "--runtime", "onnxruntime"]) == 2
+    assert "onnxruntime" in capsys.readouterr().err
 
 
 def test_seg_scenes_benchmark_collects_finished_runs(tmp_path, monkeypatch):
@@ -188,6 +194,36 @@ def test_seg_scenes_benchmark_can_add_seeds_to_finished_runs(tmp_path):
     (tmp_path / "a_s0" / "summary.json").write_text("{}")
     assert mod.pending_runs(["a", "b"], [0, 1], tmp_path, keep_finished=True) == [("a", 1), ("b", 0), ("b", 1)]
     assert len(mod.pending_runs(["a", "b"], [0, 1], tmp_path, keep_finished=False)) == 4
+
+
+def test_seg_scenes_benchmark_pretrains_each_backbone_then_starts_the_segmenter_from_it(tmp_path, monkeypatch):
+    import argparse
+    import sys
+
+    from tests.conftest import load_benchmark
+
+    mod = load_benchmark("seg_scenes")
+    assert [mod.backbone_of(m) for m in ("pspnet_repvgg_a0_fast", "pspnet_repvgg_b1g2", "pspnet_resnet18")] == \
+        ["repvgg_a0", "repvgg_b1g2", "tv:resnet18"]
+    args = argparse.Namespace(pretrain_epochs=2, data_dir=None, threads=1, budget_min=1.0, recipe="scenes", parallel=2,
+                              models=["pspnet_resnet18", "pspnet_repvgg_a0"], seeds=[0], keep_finished=False)
+    pre, seg = mod.commands(args, "pspnet_resnet18", 0, tmp_path)
+    assert pre[pre.index("--model") + 1] == "tv:resnet18" and "--no-small-input" in pre and "--width" not in pre
+    assert seg[seg.index("--backbone-checkpoint") + 1] == str(tmp_path / "pspnet_resnet18_s0_pretrain" / "best.safetensors")
+    assert "--backbone-checkpoint" not in mod.commands(argparse.Namespace(**{**vars(args), "pretrain_epochs": 0}),
+                                                       "pspnet_resnet18", 0, tmp_path)[0]
+    # the chain: the segmenter starts only after its pretraining succeeded; a failed one stops the job
+    marker = tmp_path / "segmenter_ran_{}"
+    def fake_commands(args, m, s, runs):
+        (runs / f"{m}_s{s}_pretrain").mkdir()
+        code = 0 if m == "pspnet_repvgg_a0" else 3
+        return [[sys.executable, "-c", f"raise SystemExit({code})"],
+                [sys.executable, "-c", f"open({str(marker).format(m)!r}, 'w')"]]
+    monkeypatch.setattr(mod, "commands", fake_commands)
+    mod.launch(args, tmp_path)
+    assert (tmp_path / "segmenter_ran_pspnet_repvgg_a0").is_file()
+    assert not (tmp_path / "segmenter_ran_pspnet_resnet18").exists()
+    assert (tmp_path / "pspnet_repvgg_a0_s0_pretrain" / "harness.json").is_file()
 
 
 # ------------------------------------------------------------------ amp: auto on a CPU

@@ -75,6 +75,8 @@ def register(sub) -> None:
     b.add_argument("--repeats", type=int, default=5)
     b.add_argument("--device", default="cpu")
     b.add_argument("--threads", type=int)
+    b.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
+                   help="time PyTorch eager, or each deploy form exported to ONNX and run by onnxruntime (CPU)")
     b.set_defaults(func=run_bench)
 
 
@@ -131,8 +133,9 @@ def run_bench(args) -> int:
         raise ValueError(f"unknown segmenter(s) {unknown}; e.g. pspnet_repvgg_a0, pspnet_resnet18")
     note = set_threads(args.threads)
     rows = compare_speed(args.models, size=args.size, batch=args.batch_size, classes=args.classes,
-                         repeats=args.repeats, device=args.device, head_channels=args.head_channels)
+                         repeats=args.repeats, device=args.device, head_channels=args.head_channels,
+                         runtime=args.runtime, threads=args.threads)
     print(f"{args.size}x{args.size}, batch {args.batch_size}, fp32, deploy forms, head {args.head_channels} ch, "
-          f"{args.device}; threads: {note}")
+          f"{args.device}, {args.runtime}; threads: {note}")
     print(format_rows(rows, args.batch_size))
     return 0
