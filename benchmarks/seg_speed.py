@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.results_md import write_keeping_story  # noqa: E402
 from repvgg.bench.report import cpu_label  # noqa: E402
-from repvgg.seg.bench import PAIRS, compare_speed  # noqa: E402
+from repvgg.seg.bench import PAIRS, RUNTIMES, compare_speed  # noqa: E402
 
 
 def _ratio(row: dict) -> str:
@@ -46,21 +46,22 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--table8", action="store_true", help="also Table 8's third pair, B2 vs ResNet-101")
-    ap.add_argument("--runtime", choices=("torch", "onnxruntime", "both"), default="torch",
-                    help="time PyTorch eager, the exported ONNX files in onnxruntime, or both (CPU)")
+    ap.add_argument("--runtime", nargs="+", choices=RUNTIMES, default=["torch"],
+                    help="one or more, timed interleaved: PyTorch eager; PyTorch with eligible 3x3 convs as "
+                         "Winograd by NNPACK (CPU); the exported ONNX files in onnxruntime (CPU)")
     ap.add_argument("--out", help="results name (default seg_speed_cpu / seg_speed_cuda_<gpu>)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pairs = PAIRS + ([("pspnet_repvgg_b2", "pspnet_resnet101")] if args.table8 else [])
     rows = []
-    runtimes = ("torch", "onnxruntime") if args.runtime == "both" else (args.runtime,)
     for ours, theirs in pairs:
-        for rt in runtimes:
-            pair = compare_speed([theirs, ours], size=args.size, batch=args.batch_size, classes=args.classes,
-                                 repeats=args.repeats, device=args.device, runtime=rt, threads=args.threads)
-            pair[1]["speedup_vs_pair"] = pair[1].pop("speed_vs_first")
-            pair[0].pop("speed_vs_first")
-            rows += [{**r, "runtime": rt} for r in (pair[1], pair[0])]
+        pair = compare_speed([theirs, ours], size=args.size, batch=args.batch_size, classes=args.classes,
+                             repeats=args.repeats, device=args.device, runtime=tuple(args.runtime), threads=args.threads)
+        for rt in args.runtime:
+            theirs_row, ours_row = [r for r in pair if r["runtime"] == rt]
+            ours_row["speedup_vs_pair"] = ours_row.pop("speed_vs_first")
+            theirs_row.pop("speed_vs_first")
+            rows += [ours_row, theirs_row]
     hw = f"{cpu_label()}, {args.threads} torch threads"
     name = args.out or "seg_speed_cpu"
     if args.device.startswith("cuda"):
@@ -74,11 +75,13 @@ def main() -> int:
     (out / f"{name}.json").write_text(json.dumps(result, indent=2))
     md = [f"# PSPNet speed pairs (paper Table 8 protocol, {args.device}): {args.size}x{args.size}, batch "
           f"{args.batch_size}, fp32, deploy forms, conv-BN folded", "", f"- command: `{cmd}`",
-          f"- {result['date']}; {hw}, torch {torch.__version__}, onnxruntime {_ort_version()}; pairs timed "
-          f"interleaved, median of {args.repeats}", "",
-          f"| segmenter | runtime | ms / batch of {args.batch_size} | speed-up vs its pair | params backbone / head (M) | "
-          "GMACs per image backbone / head |", "|---|---|---|---|---|---|"]
+          f"- {result['date']}; {hw}, torch {torch.__version__}, onnxruntime {_ort_version()}; pairs and runtimes "
+          f"timed interleaved, median of {args.repeats}", "",
+          f"| segmenter | runtime | ms / batch of {args.batch_size} | speed-up vs its pair | vs itself in torch eager | "
+          "Winograd convs | params backbone / head (M) | GMACs per image backbone / head |", "|---|---|---|---|---|---|---|---|"]
     md += [f"| {r['model']} | {r['runtime']} | {r['ms']:.0f} | {_ratio(r)} | "
+           + (f"{r['speed_vs_torch']:.2f}x | " if "speed_vs_torch" in r else "- | ")
+           + f"{r.get('winograd_convs', '-')} | "
            f"{r['params_backbone_m']:.1f} / {r['params_head_m']:.1f} | {r['gmacs_backbone']:.1f} / "
            f"{r['gmacs_head']:.1f} |" for r in rows]
     write_keeping_story(out / f"{name}.md", md)

@@ -75,8 +75,9 @@ def register(sub) -> None:
     b.add_argument("--repeats", type=int, default=5)
     b.add_argument("--device", default="cpu")
     b.add_argument("--threads", type=int)
-    b.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
-                   help="time PyTorch eager, or each deploy form exported to ONNX and run by onnxruntime (CPU)")
+    b.add_argument("--runtime", nargs="+", choices=("torch", "winograd", "onnxruntime"), default=["torch"],
+                   help="one or more, timed interleaved: PyTorch eager; PyTorch with eligible 3x3 convs run as Winograd by NNPACK where "
+                        "measured faster (CPU); or each deploy form exported to ONNX and run by onnxruntime (CPU)")
     b.set_defaults(func=run_bench)
 
 
@@ -134,8 +135,8 @@ def run_bench(args) -> int:
     note = set_threads(args.threads)
     rows = compare_speed(args.models, size=args.size, batch=args.batch_size, classes=args.classes,
                          repeats=args.repeats, device=args.device, head_channels=args.head_channels,
-                         runtime=args.runtime, threads=args.threads)
+                         runtime=tuple(args.runtime), threads=args.threads)
     print(f"{args.size}x{args.size}, batch {args.batch_size}, fp32, deploy forms, head {args.head_channels} ch, "
-          f"{args.device}, {args.runtime}; threads: {note}")
+          f"{args.device}, {' + '.join(args.runtime)}; threads: {note}")
     print(format_rows(rows, args.batch_size))
     return 0
