@@ -4,7 +4,8 @@ Steps: fuse (RepVGG blocks re-parameterized, any remaining conv-BN folded with t
 channels_last where it helps (oneDNN on CPU and tensor cores on GPU both prefer NHWC), then
 ``torch.compile`` with inductor freezing (weights become constants: oneDNN weight prepacking and
 conv+ReLU fusion on CPU, constant folding on GPU). On CPU a plain RepVGG also gets an eager
-oneDNN form (:class:`OneDNNPlain`). Each candidate is checked against the plain fused fp32 model
+oneDNN form (:class:`OneDNNPlain`), and in fp32 any model with 3x3 stride-1 convs a Winograd form
+(:mod:`repvgg.winograd`, NNPACK; it pays on large maps: segmenters, big inputs). Each candidate is checked against the plain fused fp32 model
 on a random batch, and the fastest that passes is returned.
 
 Reduced precision (bf16/fp16) gets only a loose check here: a deep plain net with random weights
@@ -23,6 +24,7 @@ import torch.nn as nn
 from .blocks import RepVGGBlock
 from .model import chain_blocks
 from .reparam import reparameterize
+from .winograd import eligible, nnpack_ready, winograd_convs
 
 FP32_TOL = 1e-4  # relative max error; TF32 convs on GPU get TF32_TOL
 TF32_TOL = 5e-3
@@ -147,14 +149,23 @@ def optimize_for_inference(
     tol = (TF32_TOL if tf32 else FP32_TOL) if dtype == torch.float32 else REDUCED_TOL
 
     failures, passed = [], []
-    for kind, cl in _candidates(channels_last, compile, onednn=device.type == "cpu" and _onednn_ok(ref, dtype)):
+    cpu = device.type == "cpu"
+    for kind, cl in _candidates(channels_last, compile, onednn=cpu and _onednn_ok(ref, dtype),
+                                winograd=cpu and _winograd_ok(ref, dtype)):
         info = dict(device=str(device), dtype=str(dtype).removeprefix("torch."), channels_last=cl,
                     compiled=kind == "compiled", freezing=kind == "compiled", onednn_plain=kind == "onednn",
-                    tolerance=tol)
-        name = "eager oneDNN blocked" if kind == "onednn" else f"{kind}{', channels_last' if cl else ''}"
+                    winograd=kind == "winograd", tolerance=tol)
+        name = {"onednn": "eager oneDNN blocked", "winograd": "eager, Winograd convs (NNPACK)"}.get(
+            kind, f"{kind}{', channels_last' if cl else ''}")
         try:
             if kind == "onednn":
                 impl = OneDNNPlain(copy.deepcopy(ref), dtype)
+            elif kind == "winograd":
+                impl, report = winograd_convs(ref, x)  # copies; autotuned per conv on the example batch
+                used = sum(r["used"] for r in report)
+                if not used:  # no conv is faster by NNPACK here: the same as the eager NCHW candidate
+                    continue
+                info["winograd_convs"] = f"{used}/{len(report)}"
             else:
                 layout = torch.channels_last if cl else torch.contiguous_format
                 impl = copy.deepcopy(ref).to(dtype=dtype, memory_format=layout)
@@ -177,13 +188,20 @@ def optimize_for_inference(
     return _fastest(passed, x, device, fp32_ref=ref if dtype != torch.float32 else None)
 
 
-def _candidates(channels_last: bool | None, compile: bool, onednn: bool = False) -> list[tuple[str, bool]]:
-    """(kind, channels_last) pairs to try, kind in compiled/eager/onednn. NHWC is what oneDNN and
-    tensor cores prefer, so a compiled NCHW form is not worth its compile time; eager NCHW stays as
-    a safe fallback; the oneDNN blocked form has a layout of its own."""
+def _candidates(channels_last: bool | None, compile: bool, onednn: bool = False,
+                winograd: bool = False) -> list[tuple[str, bool]]:
+    """(kind, channels_last) pairs to try, kind in compiled/eager/onednn/winograd. NHWC is what oneDNN
+    and tensor cores prefer, so a compiled NCHW form is not worth its compile time; eager NCHW stays
+    as a safe fallback; the oneDNN blocked form has a layout of its own; NNPACK takes NCHW."""
     layouts = [True, False] if channels_last is None else [channels_last]
     return ([("compiled", layouts[0])] if compile else []) + [("eager", cl) for cl in layouts] + (
-        [("onednn", False)] if onednn and channels_last is None else [])
+        [("onednn", False)] if onednn and channels_last is None else []) + (
+        [("winograd", False)] if winograd and not channels_last else [])
+
+
+def _winograd_ok(model: nn.Module, dtype: torch.dtype) -> bool:
+    """Whether the Winograd candidate applies: fp32, NNPACK built in, some eligible 3x3 conv."""
+    return dtype == torch.float32 and nnpack_ready() and any(eligible(m) for m in model.modules())
 
 
 def _onednn_ok(model: nn.Module, dtype: torch.dtype) -> bool:
@@ -224,6 +242,7 @@ def _fastest(candidates: list[InferenceModel], x: torch.Tensor, device: torch.de
     best = _best_times(fns, x, device, batches)
     i = min(range(len(candidates)), key=best.__getitem__)
     chosen = candidates[i]
+    chosen.optimize_info["seconds"] = best[i]
     if len(candidates) > 1:
         chosen.optimize_info["selected_from"] = [
             dict(c.optimize_info, seconds=t) for c, t in zip(candidates, best) if c is not chosen]

@@ -22,9 +22,10 @@ def test_fp32_eager_matches_fused_model():
     opt = optimize_for_inference(model, compile=False, example_shape=(2, 3, 32, 32))
     info = opt.optimize_info
     assert not info["compiled"] and info["max_rel_err"] <= optimize.FP32_TOL
-    # eager NHWC, eager NCHW and the oneDNN blocked form were all verified, the fastest kept
+    # eager NHWC, eager NCHW, the oneDNN blocked form and (where NNPACK wins a conv) the Winograd form
     verified = [info] + info["selected_from"]
-    assert len(verified) == (3 if torch.backends.mkldnn.is_available() else 2)
+    winograd = any(i["winograd"] for i in verified)
+    assert len(verified) == 2 + torch.backends.mkldnn.is_available() + winograd
     assert all(i["max_rel_err"] <= optimize.FP32_TOL for i in verified)
     assert any(getattr(m, "conv3x3", None) is not None for m in model.modules())  # the input is left as it was
     x = torch.randn(3, 3, 32, 32)
@@ -100,3 +101,25 @@ def test_bad_dtype():
     if not torch.ops.mkldnn._is_mkldnn_fp16_supported():
         with pytest.raises(ValueError, match="no fast fp16"):
             optimize_for_inference(_model(), dtype=torch.float16)
+
+
+@pytest.mark.skipif(not repvgg.winograd.nnpack_ready(), reason="no NNPACK in this PyTorch build")
+def test_winograd_form_is_a_verified_candidate(monkeypatch):
+    """Every eligible conv swapped (no autotuning, so the candidate exists whatever the timings):
+    it must match the fused model and say how many convs it runs by NNPACK."""
+    swap_all = lambda model, x: repvgg.winograd.winograd_convs(model, x, autotune=False)  # noqa: E731
+    monkeypatch.setattr(optimize, "winograd_convs", swap_all)
+    model = randomize_bn_(repvgg.create_segmenter("pspnet_repvgg_a0", num_classes=5, head_channels=16,
+                                                  aux=False, width=0.25)).eval()
+    opt = optimize_for_inference(model, compile=False, channels_last=False, example_shape=(1, 3, 40, 40))
+    verified = [opt.optimize_info] + opt.optimize_info.get("selected_from", [])
+    wino = [i for i in verified if i["winograd"]]
+    assert len(wino) == 1 and wino[0]["max_rel_err"] <= optimize.FP32_TOL
+    done, total = map(int, wino[0]["winograd_convs"].split("/"))
+    assert done == total > 10
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        assert rel_err(opt(x), model(x)) < 1e-4
+    # NHWC pinned or reduced precision: no Winograd candidate (NNPACK takes fp32 NCHW)
+    assert ("winograd", False) not in optimize._candidates(True, False, winograd=True)
+    assert not optimize._winograd_ok(repvgg.reparameterize(model), torch.bfloat16)
