@@ -1,11 +1,14 @@
-"""Training on CPUs whose oneDNN convolution backward is broken: use torch's own kernels there.
+"""Training on CPUs whose oneDNN convolution backward is broken: torch's own kernels for backward there.
 
 With torch 2.14 on x86 CPUs without AVX-512 (AMD EPYC with AVX2 only, seen 2026-12-05), oneDNN's
 convolution backward (``jit_avx2_1x1_convolution_bwd_weights``) crashed the process with a
 segmentation fault (tests/test_ablate.py) or spun forever inside one step (repvgg_a0 on 28 px, 110
-minutes without finishing step 1). The same runs pass on AVX-512 CPUs and with oneDNN turned off, so
-training steps turn it off where the CPU lacks AVX-512; inference keeps oneDNN everywhere.
-``REPVGG_ONEDNN_TRAINING=1`` keeps oneDNN (to try a fixed torch), ``=0`` turns it off anywhere.
+minutes without finishing step 1). The same runs pass on AVX-512 CPUs and with oneDNN turned off.
+The forward pass is not affected (inference runs through oneDNN everywhere), and it is where oneDNN
+saves the most (repvgg_a0, batch 128, 28 px, 1 thread: forward 0.6-1.0 s vs 4.2-4.5 s in torch's
+kernels), so only the backward pass runs without oneDNN, where the CPU lacks AVX-512: a training
+step does ``with kernels.backward(): loss.backward()``. ``REPVGG_ONEDNN_TRAINING=1`` keeps oneDNN's
+backward (to try a fixed torch), ``=0`` turns it off anywhere.
 """
 from __future__ import annotations
 
@@ -28,18 +31,33 @@ def onednn_training_ok(capability: str | None = None, machine: str | None = None
     return machine not in ("x86_64", "amd64", "i686") or capability.upper().startswith("AVX512")
 
 
+class TrainingKernels:
+    """What :func:`cpu_training_backend` yields: ``with kernels.backward(): loss.backward()``."""
+
+    def __init__(self, onednn_backward: bool):
+        self.onednn_backward = onednn_backward
+
+    @contextlib.contextmanager
+    def backward(self):
+        """oneDNN off while the backward pass runs (the autograd engine reads the same global flag)."""
+        if self.onednn_backward:
+            yield
+            return
+        before = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = False   # not mkldnn.flags(): it also sets TF32 and warns about Intel GPUs
+        try:
+            yield
+        finally:
+            torch.backends.mkldnn.enabled = before
+
+
 @contextlib.contextmanager
 def cpu_training_backend(device, log=None):
-    """Run the training steps inside this: oneDNN off for CPU training where it is not safe (said once)."""
-    if torch.device(device).type != "cpu" or onednn_training_ok():
-        yield
-        return
-    if log is not None:
+    """Run the training steps inside this and their backward passes inside the yielded
+    ``kernels.backward()``: oneDNN stays off there where it is not safe (said once)."""
+    safe = torch.device(device).type != "cpu" or onednn_training_ok()
+    if not safe and log is not None:
         log(f"CPU {torch.backends.cpu.get_cpu_capability()} without AVX-512: oneDNN's convolution backward "
-            f"crashes or hangs here with this torch, so training uses torch's own kernels (slower; {ENV}=1 overrides)")
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False   # not mkldnn.flags(): it also sets TF32 and warns about Intel GPUs
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = before
+            f"crashes or hangs here with this torch, so backward passes use torch's own kernels (slower; forward "
+            f"passes keep oneDNN; {ENV}=1 overrides)")
+    yield TrainingKernels(onednn_backward=safe)

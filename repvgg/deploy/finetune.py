@@ -74,14 +74,15 @@ def finetune(model: nn.Module, train_ds, epochs: int, *, lr: float = 0.05, batch
         return loss
 
     try:
-        with cpu_training_backend(next(model.parameters()).device, log):
+        with cpu_training_backend(next(model.parameters()).device, log) as kernels:
             for epoch in range(epochs):
                 total = 0.0
                 for x, y in loader:
                     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
                         loss = batch_loss(x, y)
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    with kernels.backward():
+                        loss.backward()
                     opt.step()
                     sched.step()
                     if ema is not None:

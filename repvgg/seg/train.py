@@ -144,7 +144,7 @@ class SegTrainer:
         self.log(f"CPU threads: {self._threads_note}")
         if self._amp_note:
             self.log(self._amp_note)
-        with StopFlag() as stop, cpu_training_backend(self.device, self.log):
+        with StopFlag() as stop, cpu_training_backend(self.device, self.log) as self._kernels:
             while self.step < self.total_steps:
                 self._train_epoch(stop, stop_at_step)
 
@@ -173,7 +173,8 @@ class SegTrainer:
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {self.step}: lower --lr")
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()      # a no-op scaler unless fp16
+            with self._kernels.backward():
+                self.scaler.scale(loss).backward()  # a no-op scaler unless fp16
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.step += 1

@@ -55,7 +55,7 @@ def time_train_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtypes,
     """Median seconds of one forward+backward per dtype (None = fp32), interleaved so that load
     changes on a shared machine hit every dtype alike; one warm-up step each."""
     times = {d: [] for d in dtypes}
-    with cpu_training_backend(x.device):      # timed like training: same kernels, same oneDNN guard
+    with cpu_training_backend(x.device) as kernels:      # timed like training: same kernels, same oneDNN guard
         for r in range(rounds + 1):
             for d in dtypes:
                 t = time.perf_counter()
@@ -63,7 +63,8 @@ def time_train_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtypes,
                     out = model(x)
                     outs = out if isinstance(out, (tuple, list)) else (out,)    # a segmenter's (main, aux)
                     loss = sum(F.cross_entropy(o.float(), y) for o in outs)
-                loss.backward()
+                with kernels.backward():
+                    loss.backward()
                 model.zero_grad(set_to_none=True)
                 if r:
                     times[d].append(time.perf_counter() - t)

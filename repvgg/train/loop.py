@@ -221,7 +221,7 @@ class Trainer:
     # ------------------------------------------------------------------ training
     def run(self, stop_at_step: int | None = None) -> dict:
         cfg = self.cfg
-        with StopFlag() as stop, cpu_training_backend(self.device, self.log):
+        with StopFlag() as stop, cpu_training_backend(self.device, self.log) as self._kernels:
             self._log_start()
             while self.epoch < cfg["epochs"]:
                 self._train_epoch(stop, stop_at_step)
@@ -290,7 +290,8 @@ class Trainer:
                 raise FloatingPointError(f"loss is {loss.item()} at step {self.step}: lower --lr, "
                                          f"or use --amp bf16 instead of fp16")
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            with self._kernels.backward():
+                self.scaler.scale(loss).backward()
             if cfg["grad_clip"]:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg["grad_clip"])
