@@ -2,7 +2,7 @@
 atomic writes, threads, parameter groups) around a segmentation step (CE ignoring 255 + 0.4 aux).
 
 The poly schedule runs on steps; with ``time_budget_min`` the number of steps is fitted to the
-budget from the measured step time (re-estimated each epoch), so two models compared "at the same
+budget from the measured step time (re-fitted after every step from the latest ones), so two models compared "at the same
 CPU time" both end their schedule. The best epoch is picked on a validation split of the training
 scenes; at the end the best weights are fused and both forms are scored on the test set.
 """
@@ -34,6 +34,7 @@ from .metrics import evaluate_segmenter, format_scores, seg_loss
 from .models import create_segmenter, load_segmenter
 
 _CALIBRATION_STEPS = 12
+_BUDGET_WINDOW = 50          # the step times a budget is re-fitted from (median of the latest)
 
 
 def prepare_seg_run(output, recipe="scenes", overrides=None, *, resume=False, overwrite=False) -> dict:
@@ -190,8 +191,8 @@ class SegTrainer:
             step_times.append(dt)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / images:.3f}", pixel_acc=f"{100 * correct / max(1, seen):.1f}")
-            if self.budget_s and (self.step == _CALIBRATION_STEPS or self.epoch_step == self.steps_per_epoch):
-                self._fit_budget(step_times)
+            if self.budget_s and self.step >= _CALIBRATION_STEPS:   # every step: a run may be one epoch or less
+                self._fit_budget(step_times[-_BUDGET_WINDOW:])
             if stop.signum or (stop_at_step is not None and self.step >= stop_at_step):
                 if self.step < self.total_steps:
                     bar.close()
