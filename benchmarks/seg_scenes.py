@@ -101,7 +101,8 @@ def _pretraining(folder: Path) -> dict:
         return {}
     sm = json.loads((folder / "summary.json").read_text())
     timing = folder / "harness.json"
-    return {"pretrain_val_top1": sm.get("val_top1"), "pretrain_test_top1": sm.get("deploy_top1"),
+    val = sm.get("val_top1")   # a string in summaries written before 2026-12-06
+    return {"pretrain_val_top1": float(val) if val is not None else None, "pretrain_test_top1": sm.get("deploy_top1"),
             "pretrain_min": json.loads(timing.read_text())["pretrain_min"] if timing.is_file() else None}
 
 

@@ -176,6 +176,10 @@ def test_seg_scenes_benchmark_collects_finished_runs(tmp_path, monkeypatch):
             "deploy_miou": miou, "train_miou": miou, "pixel_acc": 90.0, "val_miou": "49.0", "pixel_agreement_pct": 100.0,
             "fusion_ok": True, "train_time_s": 60.0, "best_epoch": "3", "per_class_iou": {}}))
         (d / "metrics.jsonl").write_text(json.dumps({"epoch": 3, "step": 120}) + "\n")
+    pre = runs / "pspnet_resnet18_s0_pretrain"      # a pretrained backbone (summary as older runs wrote it)
+    pre.mkdir()
+    (pre / "summary.json").write_text(json.dumps({"val_top1": "87.2833", "deploy_top1": 86.5}))
+    (pre / "harness.json").write_text(json.dumps({"pretrain_min": 42.8}))
     monkeypatch.setattr(mod, "ROOT", tmp_path)
     (tmp_path / "benchmarks" / "results").mkdir(parents=True)
     monkeypatch.setattr(sys, "argv", ["seg_scenes.py", "--collect-only", "--runs", str(runs), "--seeds", "0", "1",
@@ -184,6 +188,7 @@ def test_seg_scenes_benchmark_collects_finished_runs(tmp_path, monkeypatch):
     md = (tmp_path / "benchmarks" / "results" / "seg_scenes_t.md").read_text()
     assert "| pspnet_repvgg_a0 | 51.00 +- 1.41 | 50.00, 52.00 |" in md
     assert "| pspnet_resnet18 | 40.00 +- 0.00 | 40.00 |" in md
+    assert "| pspnet_resnet18 | 0 | 42.8 | 87.28 / 86.50 |" in md
 
 
 def test_seg_scenes_benchmark_can_add_seeds_to_finished_runs(tmp_path):

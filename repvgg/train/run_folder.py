@@ -98,7 +98,8 @@ def finish_run(out: Path, test_ds, info, log=print, workers: int = 0, final: Pat
     if final is not None and final.is_file() and read_metadata(final).get("epoch") != meta.get("epoch"):
         final_top1 = evaluate(model_from_checkpoint(final).eval(), loader, info.num_classes)["top1"]
     summary = {"train_top1": t["top1"], "deploy_top1": d["top1"], "top5": d["top5"],
-               "final_epoch_top1": final_top1, "best_epoch": meta.get("epoch"), "val_top1": meta.get("val_top1"),
+               "final_epoch_top1": final_top1, "best_epoch": meta.get("epoch"),
+               "val_top1": float(meta["val_top1"]) if meta.get("val_top1") else None,   # metadata holds strings
                "selection": "validation split" if meta.get("val_top1") else "final epoch (no validation split)",
                "fusion_ok": check["ok"], "fusion_problem": check.get("reason"),
                "agreement_pct": check["agreement"], "agreement_away_from_ties_pct": check["agreement_away_from_ties"],
