@@ -186,7 +186,7 @@ def test_seg_scenes_benchmark_collects_finished_runs(tmp_path, monkeypatch):
                                       "--models", "pspnet_repvgg_a0", "pspnet_resnet18", "--tag", "t"])
     assert mod.main() == 0
     md = (tmp_path / "benchmarks" / "results" / "seg_scenes_t.md").read_text()
-    assert "| pspnet_repvgg_a0 | 51.00 +- 1.41 | 50.00, 52.00 |" in md
+    assert "| pspnet_repvgg_a0 | 51.00 +- 1.41 | 50.00, 52.00 | 90.00 | 120/120 | 1.0/1.0 | yes" in md
     assert "| pspnet_resnet18 | 40.00 +- 0.00 | 40.00 |" in md
     assert "| pspnet_resnet18 | 0 | 42.8 | 87.28 / 86.50 |" in md
 
