@@ -86,7 +86,22 @@ def test_time_budget_fits_the_poly_schedule(tmp_path):
     t.step, t.train_time = 12, 3.0
     t._fit_budget([0.5] * 12)        # 27 s left at 0.5 s per step
     assert t.total_steps == 12 + 54
+    t.step, t.train_time = 40, 29.8          # refitted after every step: a spent budget ends the run now
+    t._fit_budget([0.5] * 12)
+    assert t.total_steps == 40
     assert poly_lr(0.01, 0, 10, 0.9) == 0.01 and poly_lr(0.01, 10, 10, 0.9) == 0.0
+
+
+def test_a_spent_time_budget_ends_training_within_the_epochs(tmp_path, monkeypatch):
+    """A 0.03 s budget is spent by the calibration steps: the run stops there, not at 40 epochs
+    (the refit once allowed one more step after every step, so a budget never ended a run)."""
+    import repvgg.seg.train as seg_train
+
+    monkeypatch.setattr(seg_train, "_CALIBRATION_STEPS", 3)
+    out = tmp_path / "run"
+    t = SegTrainer(_cfg(out, epochs=40, time_budget_min=0.0005), out, quiet=True)
+    t.run()
+    assert 3 <= t.step <= 4 < 40 * t.steps_per_epoch
 
 
 def test_cli_train_eval_predict(tmp_path, capsys):

@@ -207,7 +207,7 @@ class SegTrainer:
         recent = sorted(times[2:] or times)
         per_step = recent[len(recent) // 2]
         left = max(0.0, self.budget_s - self.train_time)
-        self.total_steps = self.step + max(1, int(left / per_step))
+        self.total_steps = self.step + int(left / per_step)   # 0 more once the budget is spent: the run ends
 
     def _interrupt(self, signum: int):
         self.save_last()
