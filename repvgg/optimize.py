@@ -5,8 +5,8 @@ channels_last where it helps (oneDNN on CPU and tensor cores on GPU both prefer 
 ``torch.compile`` with inductor freezing (weights become constants: oneDNN weight prepacking and
 conv+ReLU fusion on CPU, constant folding on GPU). On CPU a plain RepVGG also gets an eager
 oneDNN form (:class:`OneDNNPlain`), and in fp32 any model with 3x3 stride-1 convs a Winograd form
-(:mod:`repvgg.winograd`, NNPACK; it pays on large maps: segmenters, big inputs). Each candidate is checked against the plain fused fp32 model
-on a random batch, and the fastest that passes is returned.
+(:mod:`repvgg.winograd`, NNPACK; it pays on large maps: segmenters, big inputs). Each candidate is
+checked against the plain fused fp32 model on a random batch, and the fastest that passes is returned.
 
 Reduced precision (bf16/fp16) gets only a loose check here: a deep plain net with random weights
 amplifies rounding, so a random-input tolerance says nothing about accuracy. Check top-1 on real

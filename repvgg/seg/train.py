@@ -2,8 +2,8 @@
 atomic writes, threads, parameter groups) around a segmentation step (CE ignoring 255 + 0.4 aux).
 
 The poly schedule runs on steps; with ``time_budget_min`` the number of steps is fitted to the
-budget from the measured step time (re-fitted after every step from the latest ones), so two models compared "at the same
-CPU time" both end their schedule. The best epoch is picked on a validation split of the training
+budget from the measured step time (re-fitted after every step from the latest ones), so two
+models compared "at the same CPU time" both end their schedule. The best epoch is picked on a validation split of the training
 scenes; at the end the best weights are fused and both forms are scored on the test set.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import read_metadata, save_checkpoint
-from ..cpu_backend import cpu_training_backend
+from ..cpu_backend import TrainingKernels, cpu_training_backend
 from ..fileio import atomic_write_text
 from ..reparam import reparameterize
 from ..threads import set_threads
@@ -145,11 +145,11 @@ class SegTrainer:
         self.log(f"CPU threads: {self._threads_note}")
         if self._amp_note:
             self.log(self._amp_note)
-        with StopFlag() as stop, cpu_training_backend(self.device, self.log) as self._kernels:
+        with StopFlag() as stop, cpu_training_backend(self.device, self.log) as kernels:
             while self.step < self.total_steps:
-                self._train_epoch(stop, stop_at_step)
+                self._train_epoch(stop, kernels, stop_at_step)
 
-    def _train_epoch(self, stop: StopFlag, stop_at_step: int | None) -> None:
+    def _train_epoch(self, stop: StopFlag, kernels: TrainingKernels, stop_at_step: int | None) -> None:
         from tqdm import tqdm
 
         cfg, dev = self.cfg, self.device
@@ -174,7 +174,7 @@ class SegTrainer:
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {self.step}: lower --lr")
             self.optimizer.zero_grad(set_to_none=True)
-            with self._kernels.backward():
+            with kernels.backward():
                 self.scaler.scale(loss).backward()  # a no-op scaler unless fp16
             self.scaler.step(self.optimizer)
             self.scaler.update()

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..cpu_backend import cpu_training_backend
+from ..cpu_backend import TrainingKernels, cpu_training_backend
 from ..data import build_datasets, build_loader, split_validation, train_subset
 from ..evaluate import evaluate
 from ..factory import create_model
@@ -221,10 +221,10 @@ class Trainer:
     # ------------------------------------------------------------------ training
     def run(self, stop_at_step: int | None = None) -> dict:
         cfg = self.cfg
-        with StopFlag() as stop, cpu_training_backend(self.device, self.log) as self._kernels:
+        with StopFlag() as stop, cpu_training_backend(self.device, self.log) as kernels:
             self._log_start()
             while self.epoch < cfg["epochs"]:
-                self._train_epoch(stop, stop_at_step)
+                self._train_epoch(stop, kernels, stop_at_step)
         best_val = self.best if self.val_ds is not None else None
         return {"best_val_top1": best_val, "best_epoch": self.best_epoch, "elapsed_s": self.elapsed}
 
@@ -259,7 +259,7 @@ class Trainer:
             f"stopped by {name} at epoch {self.epoch + 1}, step {self.step}; resumable state saved in "
             f"{self.out}. Continue with: repvgg train --output {self.out} --resume", signum or 2)
 
-    def _train_epoch(self, stop: StopFlag, stop_at_step: int | None) -> None:
+    def _train_epoch(self, stop: StopFlag, kernels: TrainingKernels, stop_at_step: int | None) -> None:
         from tqdm import tqdm
 
         cfg, dev = self.cfg, self.device
@@ -290,7 +290,7 @@ class Trainer:
                 raise FloatingPointError(f"loss is {loss.item()} at step {self.step}: lower --lr, "
                                          f"or use --amp bf16 instead of fp16")
             self.optimizer.zero_grad(set_to_none=True)
-            with self._kernels.backward():
+            with kernels.backward():
                 self.scaler.scale(loss).backward()
             if cfg["grad_clip"]:
                 self.scaler.unscale_(self.optimizer)
