@@ -3,12 +3,15 @@
 With torch 2.14 on x86 CPUs without AVX-512 (AMD EPYC with AVX2 only, seen 2026-12-05), oneDNN's
 convolution backward (``jit_avx2_1x1_convolution_bwd_weights``) crashed the process with a
 segmentation fault (tests/test_ablate.py) or spun forever inside one step (repvgg_a0 on 28 px, 110
-minutes without finishing step 1). The same runs pass on AVX-512 CPUs and with oneDNN turned off.
-The forward pass is not affected (inference runs through oneDNN everywhere), and it is where oneDNN
-saves the most (repvgg_a0, batch 128, 28 px, 1 thread: forward 0.6-1.0 s vs 4.2-4.5 s in torch's
-kernels), so only the backward pass runs without oneDNN, where the CPU lacks AVX-512: a training
-step does ``with kernels.backward(): loss.backward()``. ``REPVGG_ONEDNN_TRAINING=1`` keeps oneDNN's
-backward (to try a fixed torch), ``=0`` turns it off anywhere.
+minutes without finishing step 1). The same runs pass on AVX-512 CPUs and with oneDNN turned off,
+and on an AVX-512 Xeon with oneDNN capped to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``, its ``jit_1x1:avx2``
+kernels in use: repvgg_a0 steps at batch 8-128 finished, 2026-12-06), so it looks specific to those
+AMD CPUs, not to the ISA alone. The forward pass is not affected (inference runs through oneDNN
+everywhere), and it is where oneDNN saves the most (repvgg_a0, batch 128, 28 px, 1 thread: forward
+0.6-1.0 s vs 4.2-4.5 s in torch's kernels), so only the backward pass runs without oneDNN, where the
+CPU lacks AVX-512: a training step does ``with kernels.backward(): loss.backward()``.
+``REPVGG_ONEDNN_TRAINING=1`` keeps oneDNN's backward (to try a fixed torch), ``=0`` turns it off
+anywhere.
 """
 from __future__ import annotations
 
