@@ -145,3 +145,8 @@ def test_cpu_label_names_the_vector_extensions(monkeypatch):
     assert report.cpu_label() == f"{report.cpu_name()} ({report.cpu_isa()})"
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     assert report.cpu_isa() == "AVX2"   # no "-BF16" without AVX-512, whatever oneDNN says
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(report, "_cpu_flags", lambda: {"avx512f", "avx512bw", "avx512_vnni"})
+    assert report.cpu_isa() == "AVX512"   # oneDNN emulates bf16 there: not "-BF16"
+    monkeypatch.setattr(report, "_cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert report.cpu_isa() == "AVX512-BF16"
