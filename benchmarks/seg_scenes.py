@@ -78,7 +78,7 @@ def launch(args, runs: Path) -> None:
         while pending and len(jobs) < args.parallel:
             m, s = pending.pop(0)
             job = {"log": open(runs / f"{m}_s{s}.log", "w"), "todo": commands(args, m, s, runs),
-                   "pretrain": runs / f"{m}_s{s}_pretrain"}
+                   "pretrain": runs / f"{m}_s{s}_pretrain", "out": runs / f"{m}_s{s}"}
             start(job, job["todo"].pop(0))
             jobs.append(job)
         time.sleep(2)
@@ -88,11 +88,23 @@ def launch(args, runs: Path) -> None:
                 (job["pretrain"] / "harness.json").write_text(json.dumps({"pretrain_min": (time.time() - job["t0"]) / 60}))
                 start(job, job["todo"].pop(0))
                 continue
+            if ok and job["out"].is_dir():   # which harness command trained it (runs added with --keep-finished)
+                (job["out"] / "harness.json").write_text(json.dumps({"command": this_command()}))
             if not ok:
                 print(f"failed ({job['proc'].returncode}): {' '.join(job['proc'].args)}; see {job['log'].name}",
                       file=sys.stderr)
             job["log"].close()
             jobs.remove(job)
+
+
+def this_command() -> str:
+    return "python " + " ".join(sys.argv)
+
+
+def _trained_by(folder: Path) -> str | None:
+    """The seg_scenes command that trained a run (None for runs from before 2026-12-06)."""
+    f = folder / "harness.json"
+    return json.loads(f.read_text()).get("command") if f.is_file() else None
 
 
 def _pretraining(folder: Path) -> dict:
@@ -121,13 +133,15 @@ def collect(args, runs: Path) -> dict:
                              "agreement_pct": sm["pixel_agreement_pct"], "fusion_ok": sm["fusion_ok"],
                              "train_min": sm["train_time_s"] / 60 if sm.get("train_time_s") else None,
                              "steps": metrics[-1]["step"] if metrics else None, "best_epoch": sm["best_epoch"],
-                             "test_images": sm.get("test_images"), **_pretraining(runs / f"{m}_s{s}_pretrain"),
+                             "test_images": sm.get("test_images"), "trained_by": _trained_by(f.parent),
+                             **_pretraining(runs / f"{m}_s{s}_pretrain"),
                              "per_class_iou": sm["per_class_iou"]})
         if per_seed:
             mious = [r["test_miou"] for r in per_seed]
             rows.append({"model": m, "runs": per_seed, "test_miou_mean": statistics.mean(mious),
                          "test_miou_sd": statistics.stdev(mious) if len(mious) > 1 else 0.0})
-    return {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    trained_by = list(dict.fromkeys(x["trained_by"] for r in rows for x in r["runs"] if x["trained_by"]))
+    return {"command": this_command(), "trained_by": trained_by, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "cpu": _cpu(), "torch": torch.__version__, "budget_min": args.budget_min, "threads": args.threads,
             "parallel": args.parallel, "recipe": args.recipe, "pretrain_epochs": args.pretrain_epochs, "rows": rows}
 
@@ -139,6 +153,8 @@ def write(result: dict, tag: str) -> str:
     (out / f"{name}.json").write_text(json.dumps(result, indent=2))
     md = [f"# fmnist-scenes: PSPNet segmenters at the same CPU time ({result['budget_min']:g} min of training steps each)",
           "", f"- command: `{result['command']}`",
+          *([f"- runs trained by: {'; '.join(f'`{c}`' for c in result['trained_by'])}"]
+            if set(result.get("trained_by", [])) - {result["command"]} else []),
           f"- {result['date']}; {result['cpu']}; {result['threads']} torch threads per run, {result['parallel']} runs "
           f"side by side; torch {result['torch']}; recipe `{result['recipe']}`",
           f"- test mIoU of the fused deploy model on the {n_test} test scenes (built from Fashion-MNIST's test split), "

@@ -195,6 +195,8 @@ def test_seg_scenes_benchmark_collects_finished_runs(tmp_path, monkeypatch):
     pre.mkdir()
     (pre / "summary.json").write_text(json.dumps({"val_top1": "87.2833", "deploy_top1": 86.5}))
     (pre / "harness.json").write_text(json.dumps({"pretrain_min": 42.8}))
+    # a seed added later by another command (--keep-finished): the table names both commands
+    (runs / "pspnet_repvgg_a0_s1" / "harness.json").write_text(json.dumps({"command": "python seg_scenes.py --seeds 1"}))
     monkeypatch.setattr(mod, "ROOT", tmp_path)
     (tmp_path / "benchmarks" / "results").mkdir(parents=True)
     monkeypatch.setattr(sys, "argv", ["seg_scenes.py", "--collect-only", "--runs", str(runs), "--seeds", "0", "1",
@@ -204,6 +206,7 @@ def test_seg_scenes_benchmark_collects_finished_runs(tmp_path, monkeypatch):
     assert "| pspnet_repvgg_a0 | 51.00 +- 1.41 | 50.00, 52.00 | 90.00 | 120/120 | 1.0/1.0 | yes" in md
     assert "| pspnet_resnet18 | 40.00 +- 0.00 | 40.00 |" in md
     assert "| pspnet_resnet18 | 0 | 42.8 | 87.28 / 86.50 |" in md
+    assert "- runs trained by: `python seg_scenes.py --seeds 1`" in md
 
 
 def test_seg_scenes_benchmark_can_add_seeds_to_finished_runs(tmp_path):
@@ -238,12 +241,13 @@ def test_seg_scenes_benchmark_pretrains_each_backbone_then_starts_the_segmenter_
         (runs / f"{m}_s{s}_pretrain").mkdir()
         code = 0 if m == "pspnet_repvgg_a0" else 3
         return [[sys.executable, "-c", f"raise SystemExit({code})"],
-                [sys.executable, "-c", f"open({str(marker).format(m)!r}, 'w')"]]
+                [sys.executable, "-c", f"open({str(marker).format(m)!r}, 'w'); import os; os.mkdir({str(runs / f'{m}_s{s}')!r})"]]
     monkeypatch.setattr(mod, "commands", fake_commands)
     mod.launch(args, tmp_path)
     assert (tmp_path / "segmenter_ran_pspnet_repvgg_a0").is_file()
     assert not (tmp_path / "segmenter_ran_pspnet_resnet18").exists()
     assert (tmp_path / "pspnet_repvgg_a0_s0_pretrain" / "harness.json").is_file()
+    assert "command" in json.loads((tmp_path / "pspnet_repvgg_a0_s0" / "harness.json").read_text())
 
 
 # ------------------------------------------------------------------ amp: auto on a CPU
