@@ -7,8 +7,8 @@
 # then here:  tar xzf <files_at>/gpu_results.tgz   (benchmarks/results/seg_*, .gpu/seg_runs/*)
 #
 # Issue 24 (segmentation), two jobs at once:
-#  1. GPU: the paper's speed protocol (Table 8): 713x713, batch 16, fp32, deploy forms, the three
-#     pairs (A0 / ResNet-18, B1g2-fast / ResNet-50, B2 / ResNet-101) -> results/seg_speed_cuda_*.md;
+#  1. GPU: the paper's speed protocol (Table 8): 713x713, batch 16, fp32, deploy forms, the
+#     three pairs (A0 / ResNet-18, B1g2-fast / ResNet-50, B2 / ResNet-101) and A0-fast / A0 -> results/seg_speed_cuda_*.md;
 #  2. the machine's 16 CPU cores: fmnist-scenes training at the same CPU time for each model,
 #     2 threads per run, 6 runs side by side (pspnet_repvgg_a0, pspnet_resnet18,
 #     pspnet_repvgg_a0_fast; seeds 0 and 1), each with a fixed budget of training-step minutes

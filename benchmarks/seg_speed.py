@@ -5,7 +5,8 @@
 
 Every segmenter in its deploy form (RepVGG fused; then every remaining conv-BN pair folded with
 torch.fx, the ResNets' and the heads' alike), fp32, batch 1, output stride 8, the aux head absent;
-the pairs are timed interleaved (median of --repeats). Params and multiply-adds are counted for the
+the pairs are timed interleaved (median of --repeats). A third pair, pspnet_repvgg_a0_fast vs
+pspnet_repvgg_a0, measures what the paper's "fast" variants buy (dilation only in the last 5 blocks). Params and multiply-adds are counted for the
 backbone and the head separately: at output stride 8 the head is a large share. Writes
 benchmarks/results/seg_speed_cpu.{json,md}.
 """
@@ -22,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.results_md import write_keeping_story  # noqa: E402
 from repvgg.bench.report import cpu_label  # noqa: E402
-from repvgg.seg.bench import PAIRS, RUNTIMES, compare_speed  # noqa: E402
+from repvgg.seg.bench import FAST_PAIR, PAIRS, RUNTIMES, compare_speed  # noqa: E402
 
 
 def _ratio(row: dict) -> str:
@@ -46,13 +47,16 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--table8", action="store_true", help="also Table 8's third pair, B2 vs ResNet-101")
+    ap.add_argument("--no-fast-pair", action="store_true",
+                    help="leave out the _fast vs full-dilated pair (pspnet_repvgg_a0_fast vs pspnet_repvgg_a0)")
     ap.add_argument("--runtime", nargs="+", choices=RUNTIMES, default=["torch"],
                     help="one or more, timed interleaved: PyTorch eager; PyTorch with eligible 3x3 convs as "
                          "Winograd by NNPACK (CPU); the exported ONNX files in onnxruntime (CPU)")
     ap.add_argument("--out", help="results name (default seg_speed_cpu / seg_speed_cuda_<gpu>)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    pairs = PAIRS + ([("pspnet_repvgg_b2", "pspnet_resnet101")] if args.table8 else [])
+    pairs = PAIRS + ([("pspnet_repvgg_b2", "pspnet_resnet101")] if args.table8 else []) \
+        + ([] if args.no_fast_pair else [FAST_PAIR])
     rows = []
     for ours, theirs in pairs:
         pair = compare_speed([theirs, ours], size=args.size, batch=args.batch_size, classes=args.classes,

@@ -15,6 +15,7 @@ from ..reparam import reparameterize
 from .models import create_segmenter
 
 PAIRS = [("pspnet_repvgg_a0", "pspnet_resnet18"), ("pspnet_repvgg_b1g2_fast", "pspnet_resnet50")]
+FAST_PAIR = ("pspnet_repvgg_a0_fast", "pspnet_repvgg_a0")   # dilation in the last 5 blocks vs in all of stages 3-4
 
 
 def deployed_for_speed(name: str, classes: int, head_channels: int = 512) -> torch.nn.Module:
