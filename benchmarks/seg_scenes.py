@@ -53,16 +53,17 @@ def backbone_of(segmenter: str) -> str:
 def commands(args, m: str, s: int, runs: Path) -> list[list[str]]:
     """The commands of one (model, seed) run, in order: [pretrain the backbone,] train the segmenter."""
     data_dir = ["--data-dir", args.data_dir] if args.data_dir else []
+    amp = {"auto": [], "fp32": ["--no-amp"], "bf16": ["--amp", "bf16"]}[getattr(args, "amp", "auto")]
     seg = [sys.executable, "-m", "repvgg", "seg", "train", "--model", m, "--seed", str(s), "--threads",
            str(args.threads), "--time-budget-min", str(args.budget_min), "--output", str(runs / f"{m}_s{s}"),
-           "--overwrite", "--quiet", "--recipe", args.recipe] + data_dir
+           "--overwrite", "--quiet", "--recipe", args.recipe] + data_dir + amp
     if not args.pretrain_epochs:
         return [seg]
     backbone, pre = backbone_of(m), runs / f"{m}_s{s}_pretrain"
     shape = [] if backbone.startswith("tv:") else ["--width", "1", "--depths", "model"]
     pretrain = [sys.executable, "-m", "repvgg", "train", "--model", backbone, "--recipe", "small", *shape,
                 "--no-small-input", "--data", "fashion-mnist", "--epochs", str(args.pretrain_epochs), "--seed", str(s),
-                "--threads", str(args.threads), "--output", str(pre), "--overwrite", "--quiet"] + data_dir
+                "--threads", str(args.threads), "--output", str(pre), "--overwrite", "--quiet"] + data_dir + amp
     return [pretrain, seg + ["--backbone-checkpoint", str(pre / "best.safetensors")]]
 
 
@@ -194,6 +195,9 @@ def main() -> int:
     ap.add_argument("--collect-only", action="store_true")
     ap.add_argument("--pretrain-epochs", type=int, default=0,
                     help="first train each backbone as a Fashion-MNIST classifier for this many epochs (0: from scratch)")
+    ap.add_argument("--amp", choices=("auto", "fp32", "bf16"), default="auto",
+                    help="precision of every training (pretraining too); auto: each run's own timing probe, which "
+                         "can choose differently from run to run where bf16 is about as fast as fp32")
     ap.add_argument("--keep-finished", action="store_true",
                     help="train only the (model, seed) runs without a summary.json (add seeds to an earlier run)")
     args = ap.parse_args()

@@ -233,6 +233,9 @@ def test_seg_scenes_benchmark_pretrains_each_backbone_then_starts_the_segmenter_
     pre, seg = mod.commands(args, "pspnet_resnet18", 0, tmp_path)
     assert pre[pre.index("--model") + 1] == "tv:resnet18" and "--no-small-input" in pre and "--width" not in pre
     assert seg[seg.index("--backbone-checkpoint") + 1] == str(tmp_path / "pspnet_resnet18_s0_pretrain" / "best.safetensors")
+    assert "--no-amp" not in pre and "--amp" not in seg           # auto: each run's own probe decides
+    pinned = mod.commands(argparse.Namespace(**{**vars(args), "amp": "fp32"}), "pspnet_resnet18", 0, tmp_path)
+    assert all("--no-amp" in cmd for cmd in pinned)
     assert "--backbone-checkpoint" not in mod.commands(argparse.Namespace(**{**vars(args), "pretrain_epochs": 0}),
                                                        "pspnet_resnet18", 0, tmp_path)[0]
     # the chain: the segmenter starts only after its pretraining succeeded; a failed one stops the job
