@@ -53,7 +53,7 @@ def backbone_of(segmenter: str) -> str:
 def commands(args, m: str, s: int, runs: Path) -> list[list[str]]:
     """The commands of one (model, seed) run, in order: [pretrain the backbone,] train the segmenter."""
     data_dir = ["--data-dir", args.data_dir] if args.data_dir else []
-    amp = {"auto": [], "fp32": ["--no-amp"], "bf16": ["--amp", "bf16"]}[getattr(args, "amp", "auto")]
+    amp = {"auto": [], "fp32": ["--no-amp"], "bf16": ["--amp", "bf16"]}[args.amp]
     seg = [sys.executable, "-m", "repvgg", "seg", "train", "--model", m, "--seed", str(s), "--threads",
            str(args.threads), "--time-budget-min", str(args.budget_min), "--output", str(runs / f"{m}_s{s}"),
            "--overwrite", "--quiet", "--recipe", args.recipe] + data_dir + amp

@@ -229,7 +229,8 @@ def test_seg_scenes_benchmark_pretrains_each_backbone_then_starts_the_segmenter_
     assert [mod.backbone_of(m) for m in ("pspnet_repvgg_a0_fast", "pspnet_repvgg_b1g2", "pspnet_resnet18")] == \
         ["repvgg_a0", "repvgg_b1g2", "tv:resnet18"]
     args = argparse.Namespace(pretrain_epochs=2, data_dir=None, threads=1, budget_min=1.0, recipe="scenes", parallel=2,
-                              models=["pspnet_resnet18", "pspnet_repvgg_a0"], seeds=[0], keep_finished=False)
+                              models=["pspnet_resnet18", "pspnet_repvgg_a0"], seeds=[0], keep_finished=False,
+                              amp="auto")
     pre, seg = mod.commands(args, "pspnet_resnet18", 0, tmp_path)
     assert pre[pre.index("--model") + 1] == "tv:resnet18" and "--no-small-input" in pre and "--width" not in pre
     assert seg[seg.index("--backbone-checkpoint") + 1] == str(tmp_path / "pspnet_resnet18_s0_pretrain" / "best.safetensors")
