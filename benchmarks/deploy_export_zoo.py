@@ -21,6 +21,7 @@ import onnxruntime
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.results_md import this_command  # noqa: E402
 import repvgg  # noqa: E402
 from repvgg.bench.report import cpu_label  # noqa: E402
 from repvgg.deploy.export import TOLERANCE, export_model  # noqa: E402
@@ -61,7 +62,7 @@ def main() -> int:
 
 
 def write(rows, args) -> None:
-    meta = dict(command="nice -n 10 python " + " ".join(sys.argv), hardware=hardware(), image_size=args.image_size,
+    meta = dict(command=this_command(), hardware=hardware(), image_size=args.image_size,
                 tolerance=TOLERANCE, torch=torch.__version__, onnx=onnx.__version__, onnxruntime=onnxruntime.__version__,
                 weights="random, BN statistics randomized (tests/conftest.randomize_bn_)", date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     RESULTS.mkdir(parents=True, exist_ok=True)

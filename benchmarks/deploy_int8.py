@@ -23,6 +23,7 @@ import onnxruntime
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.results_md import this_command  # noqa: E402
 from benchmarks.deploy_export_zoo import hardware  # noqa: E402
 from repvgg.data import build_datasets, build_loader  # noqa: E402
 from repvgg.deploy.common import load_model  # noqa: E402
@@ -75,7 +76,7 @@ def main() -> int:
             row["speedup_b1"] = row["fp32_ms_b1"] / row["int8_ms_b1"]
             rows.append(row)
             print(json.dumps(row), flush=True)
-    meta = dict(command="nice -n 10 python " + " ".join(sys.argv), hardware=hardware(), data=args.data,
+    meta = dict(command=this_command(), hardware=hardware(), data=args.data,
                 test_images=len(test_ds), calib_images=sum(len(b) for b in calib), batch_size=args.batch_size,
                 torch=torch.__version__, onnxruntime=onnxruntime.__version__, torchao=torchao_version(),
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))

@@ -21,6 +21,7 @@ import onnxruntime
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.results_md import this_command  # noqa: E402
 from benchmarks.deploy_export_zoo import hardware  # noqa: E402
 from repvgg.complexity import count_macs, count_params  # noqa: E402
 from repvgg.data import build_datasets, build_loader  # noqa: E402
@@ -115,7 +116,7 @@ def main() -> int:
     save_pruned(pruned, args.save, metadata={"prune_ratio": args.ratio, "finetune_epochs": args.finetune_epochs,
                                              "image_size": size})
     print(json.dumps(row), flush=True)
-    meta = dict(command="nice -n 10 python " + " ".join(sys.argv), hardware=hardware(), data=args.data,
+    meta = dict(command=this_command(), hardware=hardware(), data=args.data,
                 test_images=len(test_ds), torch=torch.__version__, onnxruntime=onnxruntime.__version__,
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     RESULTS.mkdir(parents=True, exist_ok=True)

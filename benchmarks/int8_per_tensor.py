@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.results_md import this_command  # noqa: E402
 from benchmarks.deploy_export_zoo import hardware  # noqa: E402
 from repvgg.data import build_datasets, build_loader  # noqa: E402
 from repvgg.deploy.common import load_model  # noqa: E402
@@ -58,7 +59,7 @@ def main() -> int:
               f"per-tensor {row['per_tensor_top1']:.2f}%  spread median {row['spread_median']:.1f} "
               f"max {row['spread_max']:.1f}", flush=True)
     hw = hardware()
-    result = {"command": "python " + " ".join(sys.argv), "started": started, "hardware": hw, "rows": rows}
+    result = {"command": this_command(), "started": started, "hardware": hw, "rows": rows}
     (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2))
     md = ["# INT8 per-tensor vs per-channel weights on fused RepVGG models (onnxruntime QDQ, minmax)", "",
           f"- command: `{result['command']}`", f"- started {started}; {hw}", "",

@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.deploy_export_zoo import hardware  # noqa: E402
-from benchmarks.results_md import write_keeping_story  # noqa: E402
+from benchmarks.results_md import this_command, write_keeping_story  # noqa: E402
 from repvgg.fileio import atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -171,7 +171,7 @@ def main() -> int:
                 continue
             rows += measure_seed(runs, model, seed, args.qat_epochs)
             atomic_write_text(partial, json.dumps(rows))
-    result = {"command": "python " + " ".join(sys.argv), "started": started, "hardware": hardware(),
+    result = {"command": this_command(), "started": started, "hardware": hardware(),
               "torch": torch.__version__, "qat_epochs": args.qat_epochs, "lrs": LRS, "rows": rows}
     atomic_write_text(path, json.dumps(result, indent=2))
     print(render(result))

@@ -21,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
+from benchmarks.results_md import this_command  # noqa: E402
 
 MODELS = ("tv:resnet18", "tv:vgg11_bn")
 
@@ -95,7 +96,7 @@ def main() -> int:
                              train_min=statistics.mean(r["train_s"] for r in rs) / 60))
     from repvgg.bench.report import cpu_label
     cpu = cpu_label()
-    cmd = "python " + " ".join(sys.argv)
+    cmd = this_command()
     result = dict(command=cmd, started=started, cpu=cpu, cores=os.cpu_count(), threads=args.threads,
                   torch=torch.__version__, load_after=os.getloadavg(), args=vars(args), rows=rows, runs=runs,
                   deployed_speed=speed)

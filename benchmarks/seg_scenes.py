@@ -29,7 +29,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.results_md import write_keeping_story  # noqa: E402
+from benchmarks.results_md import this_command, write_keeping_story  # noqa: E402
 
 
 def _cpu() -> str:
@@ -96,10 +96,6 @@ def launch(args, runs: Path) -> None:
                       file=sys.stderr)
             job["log"].close()
             jobs.remove(job)
-
-
-def this_command() -> str:
-    return "python " + " ".join(sys.argv)
 
 
 def _trained_by(folder: Path) -> str | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.results_md import write_keeping_story  # noqa: E402
+from benchmarks.results_md import this_command, write_keeping_story  # noqa: E402
 from repvgg.bench.report import cpu_label  # noqa: E402
 from repvgg.seg.bench import FAST_PAIR, PAIRS, RUNTIMES, compare_speed  # noqa: E402
 
@@ -73,7 +73,7 @@ def main() -> int:
         gpu = torch.cuda.get_device_name()
         hw = f"{gpu} (CUDA {torch.version.cuda})"
         name = args.out or "seg_speed_cuda_" + gpu.split()[-1].lower()
-    cmd = "python " + " ".join(sys.argv)
+    cmd = this_command()
     result = {"command": cmd, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "hardware": hw,
               "device": args.device, "batch_size": args.batch_size, "torch": torch.__version__, "size": args.size, "rows": rows}
     out = Path(__file__).parent / "results"

@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling script, however this one is loaded
+from results_md import this_command  # noqa: E402
 from train_fashion_mnist import machine_line, plot_curves  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -95,7 +96,7 @@ def main() -> int:
     depths = f" depths {r0['depths']}" if r0["depths"] else ""
     md = [f"# Same recipe, with and without the branches: {r0['model']}{depths}, recipe `{r0['recipe']}`, "
           f"{r0['epochs']} epochs, Fashion-MNIST 60k/10k", "",
-          f"- command: `python {' '.join(sys.argv)}` (from the runs' own results files)",
+          f"- command: `{this_command()}` (from the runs' own results files)",
           f"- hardware: {r0['cpu']}, torch {r0['torch']}; every run on the same kind of host",
           "- top-1 is on the full 10k test set, of the (EMA) weights picked on a validation split, or of the final "
           "epoch for runs made before 2026-12-04 (which had picked on the test set); deploy form = fused plain "

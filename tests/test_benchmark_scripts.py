@@ -117,3 +117,13 @@ def test_long_run_in_segments_resumes_and_reports_the_summed_training_time(tmp_p
     assert "training time 6.7 min, summed over the run's segments" in md
     assert "| 4 | 6.7 | 94.00 | 93.50 | 500 |" in md                 # val (selects), test (reported)
     assert "--test-every-epoch" in first.commands[0]
+
+
+def test_results_record_a_command_that_can_be_pasted_back(monkeypatch):
+    """Arguments with spaces stay one argument; a niced run says so, an un-niced one does not claim it."""
+    mod = load_benchmark("results_md")
+    monkeypatch.setattr("sys.argv", ["benchmarks/seg_speed.py", "--out", "a b", "--size", "512"])
+    monkeypatch.setattr("os.nice", lambda inc: 0)
+    assert mod.this_command() == "python benchmarks/seg_speed.py --out 'a b' --size 512"
+    monkeypatch.setattr("os.nice", lambda inc: 10)
+    assert mod.this_command() == "nice -n 10 python benchmarks/seg_speed.py --out 'a b' --size 512"
