@@ -13,6 +13,7 @@ Writes benchmarks/results/seg_scenes_<tag>.{json,md} from the runs' summary.json
 train --model repvgg_a0 | tv:resnet18 --no-small-input --epochs E`, the ImageNet stem, on the same
 training images the scenes are built from) and starts the segmenter from its best checkpoint, as the
 paper starts from ImageNet weights; the pretraining minutes are reported beside the segmentation budget.
+With --keep-finished a finished pretraining in --runs is reused (its minutes as first measured).
 """
 from __future__ import annotations
 
@@ -60,11 +61,28 @@ def commands(args, m: str, s: int, runs: Path) -> list[list[str]]:
     if not args.pretrain_epochs:
         return [seg]
     backbone, pre = backbone_of(m), runs / f"{m}_s{s}_pretrain"
+    seg += ["--backbone-checkpoint", str(pre / "best.safetensors")]
+    if args.keep_finished and finished_pretraining(pre, args):
+        return [seg]
     shape = [] if backbone.startswith("tv:") else ["--width", "1", "--depths", "model"]
     pretrain = [sys.executable, "-m", "repvgg", "train", "--model", backbone, "--recipe", "small", *shape,
                 "--no-small-input", "--data", "fashion-mnist", "--epochs", str(args.pretrain_epochs), "--seed", str(s),
                 "--threads", str(args.threads), "--output", str(pre), "--overwrite", "--quiet"] + data_dir + amp
-    return [pretrain, seg + ["--backbone-checkpoint", str(pre / "best.safetensors")]]
+    return [pretrain, seg]
+
+
+def finished_pretraining(pre: Path, args) -> bool:
+    """Whether `pre` holds a finished pretraining of this command's kind (--keep-finished reuses it, so that
+    segmentation recipes can be compared from one backbone); one of another length or precision is refused."""
+    if not ((pre / "harness.json").is_file() and (pre / "best.safetensors").is_file()):
+        return False
+    import yaml
+    cfg = yaml.safe_load((pre / "config.yaml").read_text())
+    want = {"epochs": args.pretrain_epochs, **({"amp": {"fp32": False, "bf16": "bf16"}[args.amp]} if args.amp != "auto" else {})}
+    got = {k: cfg.get(k) for k in want}
+    if got != want:
+        raise SystemExit(f"{pre}: a finished pretraining with {got}, not {want}; remove it or drop --keep-finished")
+    return True
 
 
 def launch(args, runs: Path) -> None:
@@ -195,7 +213,8 @@ def main() -> int:
                     help="precision of every training (pretraining too); auto: each run's own timing probe, which "
                          "can choose differently from run to run where bf16 is about as fast as fp32")
     ap.add_argument("--keep-finished", action="store_true",
-                    help="train only the (model, seed) runs without a summary.json (add seeds to an earlier run)")
+                    help="train only the (model, seed) runs without a summary.json (add seeds to an earlier run), "
+                         "starting from a finished pretraining where one is there")
     args = ap.parse_args()
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)

@@ -254,6 +254,30 @@ def test_seg_scenes_benchmark_pretrains_each_backbone_then_starts_the_segmenter_
     assert "command" in json.loads((tmp_path / "pspnet_repvgg_a0_s0" / "harness.json").read_text())
 
 
+
+def test_seg_scenes_benchmark_reuses_a_finished_pretraining_of_the_same_kind(tmp_path):
+    import argparse
+
+    from tests.conftest import load_benchmark
+
+    mod = load_benchmark("seg_scenes")
+    args = argparse.Namespace(pretrain_epochs=3, data_dir=None, threads=1, budget_min=1.0, recipe="scenes",
+                              keep_finished=True, amp="bf16")
+    pre = tmp_path / "pspnet_repvgg_a0_s0_pretrain"
+    assert len(mod.commands(args, "pspnet_repvgg_a0", 0, tmp_path)) == 2      # nothing there yet: pretrain
+    pre.mkdir()
+    (pre / "best.safetensors").write_bytes(b"")
+    (pre / "config.yaml").write_text("epochs: 3\namp: bf16\n")
+    assert len(mod.commands(args, "pspnet_repvgg_a0", 0, tmp_path)) == 2      # unfinished: no harness.json
+    (pre / "harness.json").write_text('{"pretrain_min": 7.0}')
+    (seg,) = mod.commands(args, "pspnet_repvgg_a0", 0, tmp_path)
+    assert seg[seg.index("--backbone-checkpoint") + 1] == str(pre / "best.safetensors")
+    assert len(mod.commands(argparse.Namespace(**{**vars(args), "keep_finished": False}), "pspnet_repvgg_a0", 0,
+                            tmp_path)) == 2
+    for other in ({"pretrain_epochs": 1}, {"amp": "fp32"}):
+        with pytest.raises(SystemExit, match="finished pretraining with"):
+            mod.commands(argparse.Namespace(**{**vars(args), **other}), "pspnet_repvgg_a0", 0, tmp_path)
+
 # ------------------------------------------------------------------ amp: auto on a CPU
 def test_seg_amp_auto_is_settled_by_the_probe_and_saved(tmp_path, monkeypatch):
     """The scenes recipe says `amp: auto`: bf16 only where the probe finds it faster (a CPU without
