@@ -58,6 +58,8 @@ def commands(args, m: str, s: int, runs: Path) -> list[list[str]]:
     seg = [sys.executable, "-m", "repvgg", "seg", "train", "--model", m, "--seed", str(s), "--threads",
            str(args.threads), "--time-budget-min", str(args.budget_min), "--output", str(runs / f"{m}_s{s}"),
            "--overwrite", "--quiet", "--recipe", args.recipe] + data_dir + amp
+    if args.lr:
+        seg += ["--lr", str(args.lr)]
     if not args.pretrain_epochs:
         return [seg]
     backbone, pre = backbone_of(m), runs / f"{m}_s{s}_pretrain"
@@ -203,6 +205,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--parallel", type=int, default=1)
     ap.add_argument("--recipe", default="scenes")
+    ap.add_argument("--lr", type=float, help="the segmenters' base lr instead of the recipe's (the same for every model)")
     ap.add_argument("--data-dir", help="Fashion-MNIST files the scenes are built from (default: the system's)")
     ap.add_argument("--runs", default="runs/seg_scenes")
     ap.add_argument("--tag", default="cpu")

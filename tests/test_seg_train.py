@@ -230,11 +230,14 @@ def test_seg_scenes_benchmark_pretrains_each_backbone_then_starts_the_segmenter_
         ["repvgg_a0", "repvgg_b1g2", "tv:resnet18"]
     args = argparse.Namespace(pretrain_epochs=2, data_dir=None, threads=1, budget_min=1.0, recipe="scenes", parallel=2,
                               models=["pspnet_resnet18", "pspnet_repvgg_a0"], seeds=[0], keep_finished=False,
-                              amp="auto")
+                              amp="auto", lr=None)
     pre, seg = mod.commands(args, "pspnet_resnet18", 0, tmp_path)
     assert pre[pre.index("--model") + 1] == "tv:resnet18" and "--no-small-input" in pre and "--width" not in pre
     assert seg[seg.index("--backbone-checkpoint") + 1] == str(tmp_path / "pspnet_resnet18_s0_pretrain" / "best.safetensors")
     assert "--no-amp" not in pre and "--amp" not in seg           # auto: each run's own probe decides
+    assert "--lr" not in seg                                      # the recipe's lr unless --lr is given
+    seg = mod.commands(argparse.Namespace(**{**vars(args), "lr": 0.001}), "pspnet_resnet18", 0, tmp_path)[1]
+    assert seg[seg.index("--lr") + 1] == "0.001"
     pinned = mod.commands(argparse.Namespace(**{**vars(args), "amp": "fp32"}), "pspnet_resnet18", 0, tmp_path)
     assert all("--no-amp" in cmd for cmd in pinned)
     assert "--backbone-checkpoint" not in mod.commands(argparse.Namespace(**{**vars(args), "pretrain_epochs": 0}),
@@ -262,7 +265,7 @@ def test_seg_scenes_benchmark_reuses_a_finished_pretraining_of_the_same_kind(tmp
 
     mod = load_benchmark("seg_scenes")
     args = argparse.Namespace(pretrain_epochs=3, data_dir=None, threads=1, budget_min=1.0, recipe="scenes",
-                              keep_finished=True, amp="bf16")
+                              keep_finished=True, amp="bf16", lr=None)
     pre = tmp_path / "pspnet_repvgg_a0_s0_pretrain"
     assert len(mod.commands(args, "pspnet_repvgg_a0", 0, tmp_path)) == 2      # nothing there yet: pretrain
     pre.mkdir()
