@@ -124,6 +124,14 @@ def _trained_by(folder: Path) -> str | None:
     return json.loads(f.read_text()).get("command") if f.is_file() else None
 
 
+def _settings(folder: Path) -> dict:
+    """The lr and precision a run really trained with (its config.yaml), whatever the collecting command says."""
+    import yaml
+    f = folder / "config.yaml"
+    cfg = yaml.safe_load(f.read_text()) if f.is_file() else {}
+    return {"lr": cfg.get("lr"), "amp": cfg.get("amp")}
+
+
 def _pretraining(folder: Path) -> dict:
     """What the backbone's pretraining reached and cost (empty for a run from scratch)."""
     if not (folder / "summary.json").is_file():
@@ -151,6 +159,7 @@ def collect(args, runs: Path) -> dict:
                              "train_min": sm["train_time_s"] / 60 if sm.get("train_time_s") else None,
                              "steps": metrics[-1]["step"] if metrics else None, "best_epoch": sm["best_epoch"],
                              "test_images": sm.get("test_images"), "trained_by": _trained_by(f.parent),
+                             **_settings(f.parent),
                              **_pretraining(runs / f"{m}_s{s}_pretrain"),
                              "per_class_iou": sm["per_class_iou"]})
         if per_seed:
@@ -163,6 +172,14 @@ def collect(args, runs: Path) -> dict:
             "parallel": args.parallel, "recipe": args.recipe, "pretrain_epochs": args.pretrain_epochs, "rows": rows}
 
 
+def _settings_line(result: dict) -> str:
+    """'lr 0.001, bf16' for the runs of a table; every distinct value where runs differ."""
+    runs = [x for r in result["rows"] for x in r["runs"]]
+    lrs = ", ".join(dict.fromkeys(f"{x['lr']:g}" for x in runs if x.get("lr") is not None)) or "?"
+    amps = ", ".join(dict.fromkeys({False: "fp32", None: "?"}.get(x.get("amp"), str(x.get("amp"))) for x in runs))
+    return f"lr {lrs}; precision {amps}"
+
+
 def write(result: dict, tag: str) -> str:
     out = ROOT / "benchmarks" / "results"
     name = f"seg_scenes_{tag}"
@@ -173,7 +190,7 @@ def write(result: dict, tag: str) -> str:
           *([f"- runs trained by: {'; '.join(f'`{c}`' for c in result['trained_by'])}"]
             if set(result.get("trained_by", [])) - {result["command"]} else []),
           f"- {result['date']}; {result['cpu']}; {result['threads']} torch threads per run, {result['parallel']} runs "
-          f"side by side; torch {result['torch']}; recipe `{result['recipe']}`",
+          f"side by side; torch {result['torch']}; recipe `{result['recipe']}` ({_settings_line(result)})",
           f"- test mIoU of the fused deploy model on the {n_test} test scenes (built from Fashion-MNIST's test split), "
           "checkpoint picked on a validation split of the training scenes", "",
           "| segmenter | test mIoU (mean +- sd) | per seed | pixel acc | steps in the budget | training min | "

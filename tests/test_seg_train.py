@@ -191,6 +191,7 @@ def test_seg_scenes_benchmark_collects_finished_runs(tmp_path, monkeypatch):
             "deploy_miou": miou, "train_miou": miou, "pixel_acc": 90.0, "val_miou": "49.0", "pixel_agreement_pct": 100.0,
             "fusion_ok": True, "train_time_s": 60.0, "best_epoch": "3", "per_class_iou": {}}))
         (d / "metrics.jsonl").write_text(json.dumps({"epoch": 3, "step": 120}) + "\n")
+        (d / "config.yaml").write_text("lr: 0.001\namp: bf16\n" if m.endswith("a0") else "lr: 0.002\namp: false\n")
     pre = runs / "pspnet_resnet18_s0_pretrain"      # a pretrained backbone (summary as older runs wrote it)
     pre.mkdir()
     (pre / "summary.json").write_text(json.dumps({"val_top1": "87.2833", "deploy_top1": 86.5}))
@@ -207,6 +208,7 @@ def test_seg_scenes_benchmark_collects_finished_runs(tmp_path, monkeypatch):
     assert "| pspnet_resnet18 | 40.00 +- 0.00 | 40.00 |" in md
     assert "| pspnet_resnet18 | 0 | 42.8 | 87.28 / 86.50 |" in md
     assert "- runs trained by: `python seg_scenes.py --seeds 1`" in md
+    assert "recipe `scenes` (lr 0.001, 0.002; precision bf16, fp32)" in md    # what the runs trained with
 
 
 def test_seg_scenes_benchmark_can_add_seeds_to_finished_runs(tmp_path):
