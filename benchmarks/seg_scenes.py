@@ -31,6 +31,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.results_md import this_command, write_keeping_story  # noqa: E402
+from repvgg.train.config import read_config  # noqa: E402
+
+
+# --amp choice -> (the flags `repvgg train` and `repvgg seg train` take, the `amp` a run's config.yaml then
+# holds; None: each run's probe settles it)
+PRECISION = {"auto": ([], None), "fp32": (["--no-amp"], False), "bf16": (["--amp", "bf16"], "bf16")}
 
 
 def _cpu() -> str:
@@ -54,7 +60,7 @@ def backbone_of(segmenter: str) -> str:
 def commands(args, m: str, s: int, runs: Path) -> list[list[str]]:
     """The commands of one (model, seed) run, in order: [pretrain the backbone,] train the segmenter."""
     data_dir = ["--data-dir", args.data_dir] if args.data_dir else []
-    amp = {"auto": [], "fp32": ["--no-amp"], "bf16": ["--amp", "bf16"]}[args.amp]
+    amp = PRECISION[args.amp][0]
     seg = [sys.executable, "-m", "repvgg", "seg", "train", "--model", m, "--seed", str(s), "--threads",
            str(args.threads), "--time-budget-min", str(args.budget_min), "--output", str(runs / f"{m}_s{s}"),
            "--overwrite", "--quiet", "--recipe", args.recipe] + data_dir + amp
@@ -78,9 +84,9 @@ def finished_pretraining(pre: Path, args) -> bool:
     segmentation recipes can be compared from one backbone); one of another length or precision is refused."""
     if not ((pre / "harness.json").is_file() and (pre / "best.safetensors").is_file()):
         return False
-    import yaml
-    cfg = yaml.safe_load((pre / "config.yaml").read_text())
-    want = {"epochs": args.pretrain_epochs, **({"amp": {"fp32": False, "bf16": "bf16"}[args.amp]} if args.amp != "auto" else {})}
+    saved_amp = PRECISION[args.amp][1]
+    want = {"epochs": args.pretrain_epochs, **({"amp": saved_amp} if saved_amp is not None else {})}
+    cfg = _config(pre)
     got = {k: cfg.get(k) for k in want}
     if got != want:
         raise SystemExit(f"{pre}: a finished pretraining with {got}, not {want}; remove it or drop --keep-finished")
@@ -124,11 +130,15 @@ def _trained_by(folder: Path) -> str | None:
     return json.loads(f.read_text()).get("command") if f.is_file() else None
 
 
-def _settings(folder: Path) -> dict:
-    """The lr and precision a run really trained with (its config.yaml), whatever the collecting command says."""
-    import yaml
+def _config(folder: Path) -> dict:
+    """A run's saved settings (its config.yaml; empty where there is none)."""
     f = folder / "config.yaml"
-    cfg = yaml.safe_load(f.read_text()) if f.is_file() else {}
+    return read_config(f) if f.is_file() else {}
+
+
+def _settings(folder: Path) -> dict:
+    """The lr and precision a run really trained with, whatever the collecting command says."""
+    cfg = _config(folder)
     return {"lr": cfg.get("lr"), "amp": cfg.get("amp")}
 
 
@@ -173,10 +183,11 @@ def collect(args, runs: Path) -> dict:
 
 
 def _settings_line(result: dict) -> str:
-    """'lr 0.001, bf16' for the runs of a table; every distinct value where runs differ."""
+    """'lr 0.001; precision bf16' for the runs of a table; every distinct value where runs differ."""
     runs = [x for r in result["rows"] for x in r["runs"]]
+    names = {saved: name for name, (_, saved) in PRECISION.items() if saved is not None}
     lrs = ", ".join(dict.fromkeys(f"{x['lr']:g}" for x in runs if x.get("lr") is not None)) or "?"
-    amps = ", ".join(dict.fromkeys({False: "fp32", None: "?"}.get(x.get("amp"), str(x.get("amp"))) for x in runs))
+    amps = ", ".join(dict.fromkeys(names.get(x.get("amp"), str(x.get("amp") or "?")) for x in runs))
     return f"lr {lrs}; precision {amps}"
 
 

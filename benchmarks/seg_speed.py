@@ -8,8 +8,7 @@ torch.fx, the ResNets' and the heads' alike), fp32, batch 1, output stride 8, th
 the pairs are timed interleaved (median of --repeats). A further pair, pspnet_repvgg_a0_fast vs
 pspnet_repvgg_a0, measures what the paper's "fast" variants buy (dilation only in the last 5 blocks).
 Params and multiply-adds are counted for the backbone and the head separately: at output stride 8
-the head is a large share. Writes
-benchmarks/results/seg_speed_cpu.{json,md}.
+the head is a large share. Writes benchmarks/results/seg_speed_cpu.{json,md}.
 """
 from __future__ import annotations
 

@@ -259,7 +259,6 @@ def test_seg_scenes_benchmark_pretrains_each_backbone_then_starts_the_segmenter_
     assert "command" in json.loads((tmp_path / "pspnet_repvgg_a0_s0" / "harness.json").read_text())
 
 
-
 def test_seg_scenes_benchmark_reuses_a_finished_pretraining_of_the_same_kind(tmp_path):
     import argparse
 
@@ -282,6 +281,7 @@ def test_seg_scenes_benchmark_reuses_a_finished_pretraining_of_the_same_kind(tmp
     for other in ({"pretrain_epochs": 1}, {"amp": "fp32"}):
         with pytest.raises(SystemExit, match="finished pretraining with"):
             mod.commands(argparse.Namespace(**{**vars(args), **other}), "pspnet_repvgg_a0", 0, tmp_path)
+
 
 # ------------------------------------------------------------------ amp: auto on a CPU
 def test_seg_amp_auto_is_settled_by_the_probe_and_saved(tmp_path, monkeypatch):
