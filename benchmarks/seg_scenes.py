@@ -5,7 +5,8 @@
 
 Each run is `repvgg seg train --time-budget-min B --threads T` (the poly schedule fitted to B minutes
 of training steps, best epoch picked on the validation split, both forms scored on the 1,000 test
-scenes at the end). Runs started together share the machine alike; --parallel 1 runs them in turn.
+scenes at the end). All pretrainings (below) run first, then the segmenters, --parallel at a time: runs
+started together share the machine alike; --parallel 1 runs them in turn.
 Writes benchmarks/results/seg_scenes_<tag>.{json,md} from the runs' summary.json files
 (--collect-only: only that, from existing runs).
 
@@ -93,35 +94,46 @@ def finished_pretraining(pre: Path, args) -> bool:
     return True
 
 
-def launch(args, runs: Path) -> None:
-    """Run the (model, seed) jobs, --parallel at a time; a job whose pretraining fails is not continued.
-    Each pretraining's wall time goes into its folder's harness.json (reported beside the budget)."""
-    jobs, pending = [], pending_runs(args.models, args.seeds, runs, args.keep_finished)
-
-    def start(job, cmd):
-        job.update(proc=subprocess.Popen(cmd, stdout=job["log"], stderr=subprocess.STDOUT, cwd=ROOT), t0=time.time())
-
-    while pending or jobs:
-        while pending and len(jobs) < args.parallel:
-            m, s = pending.pop(0)
-            job = {"log": open(runs / f"{m}_s{s}.log", "w"), "todo": commands(args, m, s, runs),
-                   "pretrain": runs / f"{m}_s{s}_pretrain", "out": runs / f"{m}_s{s}"}
-            start(job, job["todo"].pop(0))
-            jobs.append(job)
+def run_parallel(jobs: list[dict], parallel: int) -> list[dict]:
+    """Run the jobs' commands, `parallel` at a time, each into its log; returns the jobs that succeeded,
+    each with the wall minutes it took."""
+    done, running, pending = [], [], list(jobs)
+    while pending or running:
+        while pending and len(running) < parallel:
+            job = pending.pop(0)
+            log = open(job["log"], "a")
+            job.update(proc=subprocess.Popen(job["cmd"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT),
+                       log_file=log, t0=time.time())
+            running.append(job)
         time.sleep(2)
-        for job in [j for j in jobs if j["proc"].poll() is not None]:
-            ok = job["proc"].returncode == 0
-            if ok and job["todo"]:        # the pretraining finished: time it, go on to the segmenter
-                (job["pretrain"] / "harness.json").write_text(json.dumps({"pretrain_min": (time.time() - job["t0"]) / 60}))
-                start(job, job["todo"].pop(0))
-                continue
-            if ok and job["out"].is_dir():   # which harness command trained it (runs added with --keep-finished)
-                (job["out"] / "harness.json").write_text(json.dumps({"command": this_command()}))
-            if not ok:
-                print(f"failed ({job['proc'].returncode}): {' '.join(job['proc'].args)}; see {job['log'].name}",
-                      file=sys.stderr)
-            job["log"].close()
-            jobs.remove(job)
+        for job in [j for j in running if j["proc"].poll() is not None]:
+            running.remove(job)
+            job["log_file"].close()
+            if job["proc"].returncode == 0:
+                done.append({**job, "minutes": (time.time() - job["t0"]) / 60})
+            else:
+                print(f"failed ({job['proc'].returncode}): {' '.join(job['cmd'])}; see {job['log']}", file=sys.stderr)
+    return done
+
+
+def launch(args, runs: Path) -> None:
+    """Pretrain the backbones first, then train the segmenters, --parallel at a time: segmenters of one
+    comparison start together and share the CPU only with each other. A (model, seed) whose pretraining
+    fails is not continued; each pretraining's wall time goes into its folder's harness.json."""
+    todo = {(m, s): commands(args, m, s, runs) for m, s in pending_runs(args.models, args.seeds, runs, args.keep_finished)}
+    for (m, s) in todo:
+        (runs / f"{m}_s{s}.log").write_text("")
+    pretrain = [{"key": k, "cmd": cmds[0], "log": runs / f"{k[0]}_s{k[1]}.log"} for k, cmds in todo.items() if len(cmds) == 2]
+    ready = {k for k, cmds in todo.items() if len(cmds) == 1}
+    for job in run_parallel(pretrain, args.parallel):
+        (runs / f"{job['key'][0]}_s{job['key'][1]}_pretrain" / "harness.json").write_text(
+            json.dumps({"pretrain_min": job["minutes"]}))
+        ready.add(job["key"])
+    segment = [{"key": k, "cmd": todo[k][-1], "log": runs / f"{k[0]}_s{k[1]}.log"} for k in todo if k in ready]
+    for job in run_parallel(segment, args.parallel):
+        out = runs / f"{job['key'][0]}_s{job['key'][1]}"
+        if out.is_dir():   # which harness command trained it (runs added with --keep-finished)
+            (out / "harness.json").write_text(json.dumps({"command": this_command()}))
 
 
 def _trained_by(folder: Path) -> str | None:

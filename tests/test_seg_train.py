@@ -244,13 +244,16 @@ def test_seg_scenes_benchmark_pretrains_each_backbone_then_starts_the_segmenter_
     assert all("--no-amp" in cmd for cmd in pinned)
     assert "--backbone-checkpoint" not in mod.commands(argparse.Namespace(**{**vars(args), "pretrain_epochs": 0}),
                                                        "pspnet_resnet18", 0, tmp_path)[0]
-    # the chain: the segmenter starts only after its pretraining succeeded; a failed one stops the job
-    marker = tmp_path / "segmenter_ran_{}"
+    # the chain: the segmenter starts only after its pretraining succeeded, and only once every pretraining
+    # has ended (segmenters of a comparison start together); a failed pretraining stops its job
+    marker, slow_done = tmp_path / "segmenter_ran_{}", tmp_path / "slow_pretraining_ended"
     def fake_commands(args, m, s, runs):
         (runs / f"{m}_s{s}_pretrain").mkdir()
-        code = 0 if m == "pspnet_repvgg_a0" else 3
-        return [[sys.executable, "-c", f"raise SystemExit({code})"],
-                [sys.executable, "-c", f"open({str(marker).format(m)!r}, 'w'); import os; os.mkdir({str(runs / f'{m}_s{s}')!r})"]]
+        pretrain = ("raise SystemExit(0)" if m == "pspnet_repvgg_a0" else
+                    f"import time; time.sleep(3); open({str(slow_done)!r}, 'w'); raise SystemExit(3)")
+        return [[sys.executable, "-c", pretrain],
+                [sys.executable, "-c", f"import os; assert os.path.exists({str(slow_done)!r}); "
+                                       f"open({str(marker).format(m)!r}, 'w'); os.mkdir({str(runs / f'{m}_s{s}')!r})"]]
     monkeypatch.setattr(mod, "commands", fake_commands)
     mod.launch(args, tmp_path)
     assert (tmp_path / "segmenter_ran_pspnet_repvgg_a0").is_file()
