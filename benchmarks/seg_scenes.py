@@ -71,7 +71,7 @@ def commands(args, m: str, s: int, runs: Path) -> list[list[str]]:
         return [seg]
     backbone, pre = backbone_of(m), runs / f"{m}_s{s}_pretrain"
     seg += ["--backbone-checkpoint", str(pre / "best.safetensors")]
-    if args.keep_finished and finished_pretraining(pre, args):
+    if args.keep_finished and finished_pretraining(pre, args, backbone, s):
         return [seg]
     shape = [] if backbone.startswith("tv:") else ["--width", "1", "--depths", "model"]
     pretrain = [sys.executable, "-m", "repvgg", "train", "--model", backbone, "--recipe", "small", *shape,
@@ -80,13 +80,15 @@ def commands(args, m: str, s: int, runs: Path) -> list[list[str]]:
     return [pretrain, seg]
 
 
-def finished_pretraining(pre: Path, args) -> bool:
+def finished_pretraining(pre: Path, args, backbone: str, seed: int) -> bool:
     """Whether `pre` holds a finished pretraining of this command's kind (--keep-finished reuses it, so that
-    segmentation recipes can be compared from one backbone); one of another length or precision is refused."""
+    segmentation recipes can be compared from one backbone); one of another model, seed, length or
+    precision is refused."""
     if not ((pre / "harness.json").is_file() and (pre / "best.safetensors").is_file()):
         return False
     saved_amp = PRECISION[args.amp][1]
-    want = {"epochs": args.pretrain_epochs, **({"amp": saved_amp} if saved_amp is not None else {})}
+    want = {"model": backbone, "seed": seed, "epochs": args.pretrain_epochs,
+            **({"amp": saved_amp} if saved_amp is not None else {})}
     cfg = _config(pre)
     got = {k: cfg.get(k) for k in want}
     if got != want:

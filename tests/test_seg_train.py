@@ -274,7 +274,7 @@ def test_seg_scenes_benchmark_reuses_a_finished_pretraining_of_the_same_kind(tmp
     assert len(mod.commands(args, "pspnet_repvgg_a0", 0, tmp_path)) == 2      # nothing there yet: pretrain
     pre.mkdir()
     (pre / "best.safetensors").write_bytes(b"")
-    (pre / "config.yaml").write_text("epochs: 3\namp: bf16\n")
+    (pre / "config.yaml").write_text("model: repvgg_a0\nseed: 0\nepochs: 3\namp: bf16\n")
     assert len(mod.commands(args, "pspnet_repvgg_a0", 0, tmp_path)) == 2      # unfinished: no harness.json
     (pre / "harness.json").write_text('{"pretrain_min": 7.0}')
     (seg,) = mod.commands(args, "pspnet_repvgg_a0", 0, tmp_path)
@@ -284,6 +284,12 @@ def test_seg_scenes_benchmark_reuses_a_finished_pretraining_of_the_same_kind(tmp
     for other in ({"pretrain_epochs": 1}, {"amp": "fp32"}):
         with pytest.raises(SystemExit, match="finished pretraining with"):
             mod.commands(argparse.Namespace(**{**vars(args), **other}), "pspnet_repvgg_a0", 0, tmp_path)
+    (pre / "config.yaml").write_text("model: repvgg_a1\nseed: 0\nepochs: 3\namp: bf16\n")   # copied in by hand
+    with pytest.raises(SystemExit, match="'model': 'repvgg_a1'"):
+        mod.commands(args, "pspnet_repvgg_a0", 0, tmp_path)
+    (pre / "config.yaml").write_text("model: repvgg_a0\nseed: 1\nepochs: 3\namp: bf16\n")
+    with pytest.raises(SystemExit, match="'seed': 1"):
+        mod.commands(args, "pspnet_repvgg_a0", 0, tmp_path)
 
 
 # ------------------------------------------------------------------ amp: auto on a CPU
