@@ -12,8 +12,9 @@ Writes benchmarks/results/seg_scenes_<tag>.{json,md} from the runs' summary.json
 
 --pretrain-epochs E first trains each segmenter's backbone as a Fashion-MNIST classifier (`repvgg
 train --model repvgg_a0 | tv:resnet18 --no-small-input --epochs E`, the ImageNet stem, on the same
-training images the scenes are built from) and starts the segmenter from its best checkpoint, as the
-paper starts from ImageNet weights; the pretraining minutes are reported beside the segmentation budget.
+training images the scenes are built from; --pretrain-size S resizes them to S px) and starts the
+segmenter from its best checkpoint, as the paper starts from ImageNet weights; the pretraining minutes
+are reported beside the segmentation budget.
 With --keep-finished a finished pretraining in --runs is reused (its minutes as first measured).
 """
 from __future__ import annotations
@@ -77,6 +78,8 @@ def commands(args, m: str, s: int, runs: Path) -> list[list[str]]:
     pretrain = [sys.executable, "-m", "repvgg", "train", "--model", backbone, "--recipe", "small", *shape,
                 "--no-small-input", "--data", "fashion-mnist", "--epochs", str(args.pretrain_epochs), "--seed", str(s),
                 "--threads", str(args.threads), "--output", str(pre), "--overwrite", "--quiet"] + data_dir + amp
+    if args.pretrain_size:
+        pretrain += ["--image-size", str(args.pretrain_size)]
     return [pretrain, seg]
 
 
@@ -88,6 +91,7 @@ def finished_pretraining(pre: Path, args, backbone: str, seed: int) -> bool:
         return False
     saved_amp = PRECISION[args.amp][1]
     want = {"model": backbone, "seed": seed, "epochs": args.pretrain_epochs,
+            "image_size": args.pretrain_size,
             **({"amp": saved_amp} if saved_amp is not None else {})}
     cfg = _config(pre)
     got = {k: cfg.get(k) for k in want}
@@ -164,7 +168,8 @@ def _pretraining(folder: Path) -> dict:
     timing = folder / "harness.json"
     val = sm.get("val_top1")   # a string in summaries written before 2026-12-06
     return {"pretrain_val_top1": float(val) if val is not None else None, "pretrain_test_top1": sm.get("deploy_top1"),
-            "pretrain_min": json.loads(timing.read_text())["pretrain_min"] if timing.is_file() else None}
+            "pretrain_min": json.loads(timing.read_text())["pretrain_min"] if timing.is_file() else None,
+            "pretrain_px": _config(folder).get("image_size") or 28}
 
 
 def collect(args, runs: Path) -> dict:
@@ -193,7 +198,8 @@ def collect(args, runs: Path) -> dict:
     trained_by = list(dict.fromkeys(x["trained_by"] for r in rows for x in r["runs"] if x["trained_by"]))
     return {"command": this_command(), "trained_by": trained_by, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "cpu": _cpu(), "torch": torch.__version__, "budget_min": args.budget_min, "threads": args.threads,
-            "parallel": args.parallel, "recipe": args.recipe, "pretrain_epochs": args.pretrain_epochs, "rows": rows}
+            "parallel": args.parallel, "recipe": args.recipe, "pretrain_epochs": args.pretrain_epochs,
+            "pretrain_size": args.pretrain_size, "rows": rows}
 
 
 def _settings_line(result: dict) -> str:
@@ -232,8 +238,9 @@ def write(result: dict, tag: str) -> str:
     pre = [(r["model"], x) for r in result["rows"] for x in r["runs"] if "pretrain_min" in x]
     if pre:
         md += ["", "Backbones pretrained as Fashion-MNIST classifiers first (`--pretrain-epochs`):", "",
-               "| segmenter | seed | pretraining (min) | its val / test top-1 |", "|---|---|---|---|"]
-        md += [f"| {m} | {x['seed']} | {x['pretrain_min'] or float('nan'):.1f} | {x['pretrain_val_top1'] or float('nan'):.2f} / "
+               "| segmenter | seed | pretraining (min) | image size | its val / test top-1 |", "|---|---|---|---|---|"]
+        md += [f"| {m} | {x['seed']} | {x['pretrain_min'] or float('nan'):.1f} | {x.get('pretrain_px', 28)} px | "
+               f"{x['pretrain_val_top1'] or float('nan'):.2f} / "
                f"{x['pretrain_test_top1'] or float('nan'):.2f} |" for m, x in pre]
     write_keeping_story(out / f"{name}.md", md)
     return "\n".join(md)
@@ -254,6 +261,10 @@ def main() -> int:
     ap.add_argument("--collect-only", action="store_true")
     ap.add_argument("--pretrain-epochs", type=int, default=0,
                     help="first train each backbone as a Fashion-MNIST classifier for this many epochs (0: from scratch)")
+    ap.add_argument("--pretrain-size", type=int,
+                    help="pretrain at this image size (Fashion-MNIST's 28 px resized) instead of 28 px: at 28 px "
+                         "the stride-16 and stride-32 stages see 2x2 and 1x1 maps, so their 3x3 kernels barely learn "
+                         "the spatial context they get in the 96 px scenes")
     ap.add_argument("--amp", choices=("auto", "fp32", "bf16"), default="auto",
                     help="precision of every training (pretraining too); auto: each run's own timing probe, which "
                          "can choose differently from run to run where bf16 is about as fast as fp32")

@@ -206,7 +206,7 @@ def test_seg_scenes_benchmark_collects_finished_runs(tmp_path, monkeypatch):
     md = (tmp_path / "benchmarks" / "results" / "seg_scenes_t.md").read_text()
     assert "| pspnet_repvgg_a0 | 51.00 +- 1.41 | 50.00, 52.00 | 90.00 | 120/120 | 1.0/1.0 | yes" in md
     assert "| pspnet_resnet18 | 40.00 +- 0.00 | 40.00 |" in md
-    assert "| pspnet_resnet18 | 0 | 42.8 | 87.28 / 86.50 |" in md
+    assert "| pspnet_resnet18 | 0 | 42.8 | 28 px | 87.28 / 86.50 |" in md
     assert "- runs trained by: `python seg_scenes.py --seeds 1`" in md
     assert "recipe `scenes` (lr 0.001, 0.002; precision bf16, fp32)" in md    # what the runs trained with
 
@@ -232,7 +232,7 @@ def test_seg_scenes_benchmark_pretrains_each_backbone_then_starts_the_segmenter_
         ["repvgg_a0", "repvgg_b1g2", "tv:resnet18"]
     args = argparse.Namespace(pretrain_epochs=2, data_dir=None, threads=1, budget_min=1.0, recipe="scenes", parallel=2,
                               models=["pspnet_resnet18", "pspnet_repvgg_a0"], seeds=[0], keep_finished=False,
-                              amp="auto", lr=None)
+                              amp="auto", lr=None, pretrain_size=None)
     pre, seg = mod.commands(args, "pspnet_resnet18", 0, tmp_path)
     assert pre[pre.index("--model") + 1] == "tv:resnet18" and "--no-small-input" in pre and "--width" not in pre
     assert seg[seg.index("--backbone-checkpoint") + 1] == str(tmp_path / "pspnet_resnet18_s0_pretrain" / "best.safetensors")
@@ -240,6 +240,8 @@ def test_seg_scenes_benchmark_pretrains_each_backbone_then_starts_the_segmenter_
     assert "--lr" not in seg                                      # the recipe's lr unless --lr is given
     seg = mod.commands(argparse.Namespace(**{**vars(args), "lr": 0.001}), "pspnet_resnet18", 0, tmp_path)[1]
     assert seg[seg.index("--lr") + 1] == "0.001"
+    pre = mod.commands(argparse.Namespace(**{**vars(args), "pretrain_size": 56}), "pspnet_resnet18", 0, tmp_path)[0]
+    assert pre[pre.index("--image-size") + 1] == "56"
     pinned = mod.commands(argparse.Namespace(**{**vars(args), "amp": "fp32"}), "pspnet_resnet18", 0, tmp_path)
     assert all("--no-amp" in cmd for cmd in pinned)
     assert "--backbone-checkpoint" not in mod.commands(argparse.Namespace(**{**vars(args), "pretrain_epochs": 0}),
@@ -269,7 +271,7 @@ def test_seg_scenes_benchmark_reuses_a_finished_pretraining_of_the_same_kind(tmp
 
     mod = load_benchmark("seg_scenes")
     args = argparse.Namespace(pretrain_epochs=3, data_dir=None, threads=1, budget_min=1.0, recipe="scenes",
-                              keep_finished=True, amp="bf16", lr=None)
+                              keep_finished=True, amp="bf16", lr=None, pretrain_size=None)
     pre = tmp_path / "pspnet_repvgg_a0_s0_pretrain"
     assert len(mod.commands(args, "pspnet_repvgg_a0", 0, tmp_path)) == 2      # nothing there yet: pretrain
     pre.mkdir()
@@ -281,7 +283,7 @@ def test_seg_scenes_benchmark_reuses_a_finished_pretraining_of_the_same_kind(tmp
     assert seg[seg.index("--backbone-checkpoint") + 1] == str(pre / "best.safetensors")
     assert len(mod.commands(argparse.Namespace(**{**vars(args), "keep_finished": False}), "pspnet_repvgg_a0", 0,
                             tmp_path)) == 2
-    for other in ({"pretrain_epochs": 1}, {"amp": "fp32"}):
+    for other in ({"pretrain_epochs": 1}, {"amp": "fp32"}, {"pretrain_size": 56}):
         with pytest.raises(SystemExit, match="finished pretraining with"):
             mod.commands(argparse.Namespace(**{**vars(args), **other}), "pspnet_repvgg_a0", 0, tmp_path)
     (pre / "config.yaml").write_text("model: repvgg_a1\nseed: 0\nepochs: 3\namp: bf16\n")   # copied in by hand
