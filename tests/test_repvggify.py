@@ -125,6 +125,7 @@ def test_train_a_repvggified_torchvision_model_and_convert_it_back(tmp_path):
     assert main(["train", "--model", "tv:resnet18", "--repvggify", "--output", str(out), "--data", "fashion-mnist",
                  "--data-dir", str(data), "--image-size", "16", "--small-input", "--batch-size", "32", "--epochs", "1",
                  "--no-amp", "--threads", "1", "--quiet", "--recipe", "small"]) == 0
+    assert "training tv:resnet18 (repvgg blocks)" in (out / "train.log").read_text()
     best = repvgg.model_from_checkpoint(out / "best.safetensors")
     assert sum(isinstance(m, RepConv) for m in best.modules()) == 17     # 16 in the blocks + the 3x3 stem
     deploy = repvgg.model_from_checkpoint(out / "deploy.safetensors")           # the plain torchvision ResNet
@@ -142,3 +143,18 @@ def test_train_a_repvggified_torchvision_model_and_convert_it_back(tmp_path):
         assert rel_err(fresh.eval()(x), best.eval()(x)) < 1e-5
     assert main(["train", "--model", "repvgg_a0", "--repvggify", "--output", str(tmp_path / "x"), "--data",
                  "fashion-mnist-builtin", "--epochs", "1"]) == 2
+
+
+def test_a_torchvision_baseline_trains_as_is_and_its_log_says_so(tmp_path):
+    """Without --repvggify a tv: model is the torchvision network unchanged (the segmentation baselines'
+    pretraining); the log must not call its blocks RepVGG blocks."""
+    from repvgg.cli import main
+    from tests.test_train import make_tiny_fmnist
+
+    data = make_tiny_fmnist(tmp_path / "data", n_train=64, n_test=32)
+    out = tmp_path / "run"
+    assert main(["train", "--model", "tv:resnet18", "--output", str(out), "--data", "fashion-mnist", "--data-dir",
+                 str(data), "--image-size", "16", "--small-input", "--batch-size", "32", "--epochs", "1", "--no-amp",
+                 "--threads", "1", "--quiet", "--recipe", "small"]) == 0
+    assert "training tv:resnet18 (torchvision, as is)" in (out / "train.log").read_text()
+    assert not any(isinstance(m, RepConv) for m in repvgg.model_from_checkpoint(out / "best.safetensors").modules())

@@ -188,7 +188,7 @@ def test_state_file_is_weights_only_loadable(tmp_path, tiny):
         train(prepare_run(out, "small", tiny_overrides(tiny, ema=True, train_subset=96)), out, quiet=True,
               stop_at_step=2)
     st = torch.load(out / "last.state.pt", weights_only=True)
-    assert "on fashion-mnist [data_dir: 96 train" in (out / "train.log").read_text()
+    assert "(repvgg blocks) on fashion-mnist [data_dir: 96 train" in (out / "train.log").read_text()
     assert {"optimizer", "scheduler", "scaler", "rng", "epoch", "step", "config"} <= st.keys()
     assert st["optimizer"]["state"], "momentum buffers are saved"
 

@@ -231,7 +231,9 @@ class Trainer:
     def _log_start(self) -> None:
         cfg = self.cfg
         if self.epoch == 0 and self.epoch_step == 0:
-            self.log(f"training {cfg['model']} ({cfg['block']} blocks) on {self.info.name} "
+            plain_tv = cfg["model"].startswith("tv:") and not cfg.get("repvggify")
+            kind = "torchvision, as is" if plain_tv else f"{cfg['block']} blocks"
+            self.log(f"training {cfg['model']} ({kind}) on {self.info.name} "
                      f"[{self.info.origin}: {self.info.num_train} train / {self.info.num_test} test, "
                      f"{self.info.image_size}px, {self.info.in_chans} ch] for {cfg['epochs']} epochs, "
                      f"{self.dist.world_size} x batch {cfg['batch_size']}, lr "
