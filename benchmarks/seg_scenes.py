@@ -126,18 +126,17 @@ def launch(args, runs: Path) -> None:
     """Pretrain the backbones first, then train the segmenters, --parallel at a time: segmenters of one
     comparison start together and share the CPU only with each other. A (model, seed) whose pretraining
     fails is not continued; each pretraining's wall time goes into its folder's harness.json."""
-    todo = {(m, s): commands(args, m, s, runs) for m, s in pending_runs(args.models, args.seeds, runs, args.keep_finished)}
-    for (m, s) in todo:
-        (runs / f"{m}_s{s}.log").write_text("")
-    pretrain = [{"key": k, "cmd": cmds[0], "log": runs / f"{k[0]}_s{k[1]}.log"} for k, cmds in todo.items() if len(cmds) == 2]
-    ready = {k for k, cmds in todo.items() if len(cmds) == 1}
+    todo = {f"{m}_s{s}": commands(args, m, s, runs) for m, s in pending_runs(args.models, args.seeds, runs, args.keep_finished)}
+    for name in todo:
+        (runs / f"{name}.log").write_text("")
+    ready = {name for name, cmds in todo.items() if len(cmds) == 1}
+    pretrain = [{"name": name, "cmd": cmds[0], "log": runs / f"{name}.log"} for name, cmds in todo.items() if len(cmds) == 2]
     for job in run_parallel(pretrain, args.parallel):
-        (runs / f"{job['key'][0]}_s{job['key'][1]}_pretrain" / "harness.json").write_text(
-            json.dumps({"pretrain_min": job["minutes"]}))
-        ready.add(job["key"])
-    segment = [{"key": k, "cmd": todo[k][-1], "log": runs / f"{k[0]}_s{k[1]}.log"} for k in todo if k in ready]
+        (runs / f"{job['name']}_pretrain" / "harness.json").write_text(json.dumps({"pretrain_min": job["minutes"]}))
+        ready.add(job["name"])
+    segment = [{"name": name, "cmd": cmds[-1], "log": runs / f"{name}.log"} for name, cmds in todo.items() if name in ready]
     for job in run_parallel(segment, args.parallel):
-        out = runs / f"{job['key'][0]}_s{job['key'][1]}"
+        out = runs / job["name"]
         if out.is_dir():   # which harness command trained it (runs added with --keep-finished)
             (out / "harness.json").write_text(json.dumps({"command": this_command()}))
 
@@ -239,7 +238,7 @@ def write(result: dict, tag: str) -> str:
     if pre:
         md += ["", "Backbones pretrained as Fashion-MNIST classifiers first (`--pretrain-epochs`):", "",
                "| segmenter | seed | pretraining (min) | image size | its val / test top-1 |", "|---|---|---|---|---|"]
-        md += [f"| {m} | {x['seed']} | {x['pretrain_min'] or float('nan'):.1f} | {x.get('pretrain_px', 28)} px | "
+        md += [f"| {m} | {x['seed']} | {x['pretrain_min'] or float('nan'):.1f} | {x['pretrain_px']} px | "
                f"{x['pretrain_val_top1'] or float('nan'):.2f} / "
                f"{x['pretrain_test_top1'] or float('nan'):.2f} |" for m, x in pre]
     write_keeping_story(out / f"{name}.md", md)
