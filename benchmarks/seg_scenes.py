@@ -12,9 +12,10 @@ Writes benchmarks/results/seg_scenes_<tag>.{json,md} from the runs' summary.json
 
 --pretrain-epochs E first trains each segmenter's backbone as a Fashion-MNIST classifier (`repvgg
 train --model repvgg_a0 | tv:resnet18 --no-small-input --epochs E`, the ImageNet stem, on the same
-training images the scenes are built from; --pretrain-size S resizes them to S px) and starts the
-segmenter from its best checkpoint, as the paper starts from ImageNet weights; the pretraining minutes
-are reported beside the segmentation budget.
+training images the scenes are built from; --pretrain-size S resizes them to S px;
+--pretrain-data fmnist-items pastes each alone on a scene background at the scenes' scale and colours
+instead) and starts the segmenter from its best checkpoint, as the paper starts from ImageNet weights;
+the pretraining minutes are reported beside the segmentation budget.
 With --keep-finished a finished pretraining in --runs is reused (its minutes as first measured).
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.results_md import this_command, write_keeping_story  # noqa: E402
+from repvgg.data.composite import ITEMS_DEFAULTS  # noqa: E402
 from repvgg.train.config import read_config  # noqa: E402
 
 
@@ -76,8 +78,8 @@ def commands(args, m: str, s: int, runs: Path) -> list[list[str]]:
         return [seg]
     shape = [] if backbone.startswith("tv:") else ["--width", "1", "--depths", "model"]
     pretrain = [sys.executable, "-m", "repvgg", "train", "--model", backbone, "--recipe", "small", *shape,
-                "--no-small-input", "--data", "fashion-mnist", "--epochs", str(args.pretrain_epochs), "--seed", str(s),
-                "--threads", str(args.threads), "--output", str(pre), "--overwrite", "--quiet"] + data_dir + amp
+                "--no-small-input", "--data", args.pretrain_data, "--epochs", str(args.pretrain_epochs),
+                "--seed", str(s), "--threads", str(args.threads), "--output", str(pre), "--overwrite", "--quiet"] + data_dir + amp
     if args.pretrain_size:
         pretrain += ["--image-size", str(args.pretrain_size)]
     return [pretrain, seg]
@@ -90,7 +92,7 @@ def finished_pretraining(pre: Path, args, backbone: str, seed: int) -> bool:
     if not ((pre / "harness.json").is_file() and (pre / "best.safetensors").is_file()):
         return False
     saved_amp = PRECISION[args.amp][1]
-    want = {"model": backbone, "seed": seed, "epochs": args.pretrain_epochs,
+    want = {"model": backbone, "seed": seed, "data": args.pretrain_data, "epochs": args.pretrain_epochs,
             "image_size": args.pretrain_size,
             **({"amp": saved_amp} if saved_amp is not None else {})}
     cfg = _config(pre)
@@ -168,7 +170,15 @@ def _pretraining(folder: Path) -> dict:
     val = sm.get("val_top1")   # a string in summaries written before 2026-12-06
     return {"pretrain_val_top1": float(val) if val is not None else None, "pretrain_test_top1": sm.get("deploy_top1"),
             "pretrain_min": json.loads(timing.read_text())["pretrain_min"] if timing.is_file() else None,
-            "pretrain_px": _config(folder).get("image_size") or 28}
+            **_pretrain_input(folder)}
+
+
+def _pretrain_input(folder: Path) -> dict:
+    """A pretraining's data and image size (its own size where none was asked for)."""
+    cfg = _config(folder)
+    data = cfg.get("data") or "fashion-mnist"
+    return {"pretrain_data": data,
+            "pretrain_px": cfg.get("image_size") or (ITEMS_DEFAULTS["size"] if data == "fmnist-items" else 28)}
 
 
 def collect(args, runs: Path) -> dict:
@@ -198,7 +208,7 @@ def collect(args, runs: Path) -> dict:
     return {"command": this_command(), "trained_by": trained_by, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "cpu": _cpu(), "torch": torch.__version__, "budget_min": args.budget_min, "threads": args.threads,
             "parallel": args.parallel, "recipe": args.recipe, "pretrain_epochs": args.pretrain_epochs,
-            "pretrain_size": args.pretrain_size, "rows": rows}
+            "pretrain_size": args.pretrain_size, "pretrain_data": args.pretrain_data, "rows": rows}
 
 
 def _settings_line(result: dict) -> str:
@@ -237,8 +247,10 @@ def write(result: dict, tag: str) -> str:
     pre = [(r["model"], x) for r in result["rows"] for x in r["runs"] if "pretrain_min" in x]
     if pre:
         md += ["", "Backbones pretrained as Fashion-MNIST classifiers first (`--pretrain-epochs`):", "",
-               "| segmenter | seed | pretraining (min) | image size | its val / test top-1 |", "|---|---|---|---|---|"]
-        md += [f"| {m} | {x['seed']} | {x['pretrain_min'] or float('nan'):.1f} | {x['pretrain_px']} px | "
+               "| segmenter | seed | pretraining (min) | data | image size | its val / test top-1 |",
+               "|---|---|---|---|---|---|"]
+        md += [f"| {m} | {x['seed']} | {x['pretrain_min'] or float('nan'):.1f} | {x['pretrain_data']} | "
+               f"{x['pretrain_px']} px | "
                f"{x['pretrain_val_top1'] or float('nan'):.2f} / "
                f"{x['pretrain_test_top1'] or float('nan'):.2f} |" for m, x in pre]
     write_keeping_story(out / f"{name}.md", md)
@@ -264,6 +276,9 @@ def main() -> int:
                     help="pretrain at this image size (Fashion-MNIST's 28 px resized) instead of 28 px: at 28 px "
                          "the stride-16 and stride-32 stages see 2x2 and 1x1 maps, so their 3x3 kernels barely learn "
                          "the spatial context they get in the 96 px scenes")
+    ap.add_argument("--pretrain-data", choices=("fashion-mnist", "fmnist-items"), default="fashion-mnist",
+                    help="what the backbones pretrain on: Fashion-MNIST as it is (grey items on black, 28 px) or "
+                         "fmnist-items (each item alone on a 64 px scene background, at the scenes' scale and colours)")
     ap.add_argument("--amp", choices=("auto", "fp32", "bf16"), default="auto",
                     help="precision of every training (pretraining too); auto: each run's own timing probe, which "
                          "can choose differently from run to run where bf16 is about as fast as fp32")

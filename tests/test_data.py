@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from repvgg.data import (FastLoader, InMemoryDataset, batch_augment, batch_erase, build_datasets, build_loader,
+from repvgg.data import (STATS, FastLoader, InMemoryDataset, batch_augment, batch_erase, build_datasets, build_loader,
                          folder_transforms, read_idx, write_idx)
 from repvgg.data import fashion_mnist as fm
 
@@ -65,6 +65,56 @@ def test_builtin_subset_shapes_classes_balance():
     assert torch.bincount(test.targets).tolist() == [200] * 10
     x, y = test[0]
     assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and isinstance(y, int)
+
+
+# ---------------------------------------------------------------- fmnist-items
+def test_items_on_canvas_paste_each_item_at_the_scenes_scale():
+    """Each item alone on its background, 28-62 px wide: against blank items (same seed, so the same
+    backgrounds and draws) the canvases differ only inside one box of that size."""
+    from repvgg.data.composite import items_on_canvas
+
+    items = torch.full((12, 1, 28, 28), 255, dtype=torch.uint8)
+    drawn = items_on_canvas(items, seed=3, size=64, scale=(1.0, 2.2))
+    blank = items_on_canvas(torch.zeros_like(items), seed=3, size=64, scale=(1.0, 2.2))
+    assert drawn.shape == (12, 3, 64, 64) and drawn.dtype == torch.uint8
+    sides = []
+    for a, b in zip(drawn, blank):
+        rows, cols = (a != b).any(0).any(1).nonzero(), (a != b).any(0).any(0).nonzero()
+        h, w = int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1
+        assert h == w and 28 <= h <= 62, (h, w)
+        sides.append(h)
+    assert len(set(sides)) > 3                         # scales drawn, not fixed
+    assert torch.equal(drawn, items_on_canvas(items, seed=3, size=64, scale=(1.0, 2.2)))
+
+
+def test_fmnist_items_dataset_is_colour_cached_and_keeps_the_splits_labels(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPVGG_CACHE", str(tmp_path / "cache"))
+    _write_fake_fmnist(tmp_path / "fm", n_train=20, n_test=10)
+    train, test, info = build_datasets("fmnist-items", str(tmp_path / "fm"))
+    assert info.name == "fmnist-items" and info.in_chans == 3 and info.num_classes == 10
+    assert info.image_size == info.default_image_size == 64 and info.origin == "data_dir"
+    assert train.images.shape == (20, 3, 64, 64) and test.images.shape == (10, 3, 64, 64)
+    assert train.targets.tolist() == [i % 10 for i in range(20)]
+    assert len(info.mean) == 3 and info.mean != STATS["fashion-mnist"][0]    # its own, not grey Fashion-MNIST's
+    cache = list((tmp_path / "cache").glob("fmnist-items-*.npz"))
+    assert len(cache) == 1
+    again, _, _ = build_datasets("fmnist-items", str(tmp_path / "fm"))
+    assert torch.equal(again.images, train.images)
+    cache[0].write_bytes(b"damaged")                 # a damaged cache is rebuilt, not an error
+    rebuilt, _, _ = build_datasets("fmnist-items", str(tmp_path / "fm"))
+    assert torch.equal(rebuilt.images, train.images)
+    with pytest.raises(ValueError, match="fmnist-items takes no ':' argument"):
+        build_datasets("fmnist-items:x")
+
+
+def test_channel_stats_match_a_direct_computation():
+    from repvgg.data.build import channel_stats
+
+    x = torch.randint(0, 256, (37, 3, 9, 11), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    mean, std = channel_stats(x, chunk=5)
+    f = x.double() / 255
+    assert torch.allclose(torch.tensor(mean, dtype=torch.float64), f.mean((0, 2, 3)), atol=1e-12)
+    assert torch.allclose(torch.tensor(std, dtype=torch.float64), f.std((0, 2, 3), correction=0), atol=1e-9)
 
 
 @pytest.mark.skipif(not fm._has_all(fm.SYSTEM_DIR), reason="dataset-fashion-mnist not installed")

@@ -196,6 +196,10 @@ def test_seg_scenes_benchmark_collects_finished_runs(tmp_path, monkeypatch):
     pre.mkdir()
     (pre / "summary.json").write_text(json.dumps({"val_top1": "87.2833", "deploy_top1": 86.5}))
     (pre / "harness.json").write_text(json.dumps({"pretrain_min": 42.8}))
+    items = runs / "pspnet_repvgg_a0_s0_pretrain"    # one on fmnist-items at its own size
+    items.mkdir()
+    (items / "summary.json").write_text(json.dumps({"val_top1": 80.0, "deploy_top1": 79.0}))
+    (items / "config.yaml").write_text("data: fmnist-items\nimage_size: null\n")
     # a seed added later by another command (--keep-finished): the table names both commands
     (runs / "pspnet_repvgg_a0_s1" / "harness.json").write_text(json.dumps({"command": "python seg_scenes.py --seeds 1"}))
     monkeypatch.setattr(mod, "ROOT", tmp_path)
@@ -206,7 +210,8 @@ def test_seg_scenes_benchmark_collects_finished_runs(tmp_path, monkeypatch):
     md = (tmp_path / "benchmarks" / "results" / "seg_scenes_t.md").read_text()
     assert "| pspnet_repvgg_a0 | 51.00 +- 1.41 | 50.00, 52.00 | 90.00 | 120/120 | 1.0/1.0 | yes" in md
     assert "| pspnet_resnet18 | 40.00 +- 0.00 | 40.00 |" in md
-    assert "| pspnet_resnet18 | 0 | 42.8 | 28 px | 87.28 / 86.50 |" in md
+    assert "| pspnet_resnet18 | 0 | 42.8 | fashion-mnist | 28 px | 87.28 / 86.50 |" in md
+    assert "| pspnet_repvgg_a0 | 0 | nan | fmnist-items | 64 px | 80.00 / 79.00 |" in md
     assert "- runs trained by: `python seg_scenes.py --seeds 1`" in md
     assert "recipe `scenes` (lr 0.001, 0.002; precision bf16, fp32)" in md    # what the runs trained with
 
@@ -232,8 +237,9 @@ def test_seg_scenes_benchmark_pretrains_each_backbone_then_starts_the_segmenter_
         ["repvgg_a0", "repvgg_b1g2", "tv:resnet18"]
     args = argparse.Namespace(pretrain_epochs=2, data_dir=None, threads=1, budget_min=1.0, recipe="scenes", parallel=2,
                               models=["pspnet_resnet18", "pspnet_repvgg_a0"], seeds=[0], keep_finished=False,
-                              amp="auto", lr=None, pretrain_size=None)
+                              amp="auto", lr=None, pretrain_size=None, pretrain_data="fashion-mnist")
     pre, seg = mod.commands(args, "pspnet_resnet18", 0, tmp_path)
+    assert pre[pre.index("--data") + 1] == "fashion-mnist"
     assert pre[pre.index("--model") + 1] == "tv:resnet18" and "--no-small-input" in pre and "--width" not in pre
     assert seg[seg.index("--backbone-checkpoint") + 1] == str(tmp_path / "pspnet_resnet18_s0_pretrain" / "best.safetensors")
     assert "--no-amp" not in pre and "--amp" not in seg           # auto: each run's own probe decides
@@ -242,6 +248,9 @@ def test_seg_scenes_benchmark_pretrains_each_backbone_then_starts_the_segmenter_
     assert seg[seg.index("--lr") + 1] == "0.001"
     pre = mod.commands(argparse.Namespace(**{**vars(args), "pretrain_size": 56}), "pspnet_resnet18", 0, tmp_path)[0]
     assert pre[pre.index("--image-size") + 1] == "56"
+    pre = mod.commands(argparse.Namespace(**{**vars(args), "pretrain_data": "fmnist-items"}), "pspnet_resnet18", 0,
+                       tmp_path)[0]
+    assert pre[pre.index("--data") + 1] == "fmnist-items" and "--image-size" not in pre
     pinned = mod.commands(argparse.Namespace(**{**vars(args), "amp": "fp32"}), "pspnet_resnet18", 0, tmp_path)
     assert all("--no-amp" in cmd for cmd in pinned)
     assert "--backbone-checkpoint" not in mod.commands(argparse.Namespace(**{**vars(args), "pretrain_epochs": 0}),
@@ -271,25 +280,27 @@ def test_seg_scenes_benchmark_reuses_a_finished_pretraining_of_the_same_kind(tmp
 
     mod = load_benchmark("seg_scenes")
     args = argparse.Namespace(pretrain_epochs=3, data_dir=None, threads=1, budget_min=1.0, recipe="scenes",
-                              keep_finished=True, amp="bf16", lr=None, pretrain_size=None)
+                              keep_finished=True, amp="bf16", lr=None, pretrain_size=None,
+                              pretrain_data="fashion-mnist")
     pre = tmp_path / "pspnet_repvgg_a0_s0_pretrain"
     assert len(mod.commands(args, "pspnet_repvgg_a0", 0, tmp_path)) == 2      # nothing there yet: pretrain
     pre.mkdir()
     (pre / "best.safetensors").write_bytes(b"")
-    (pre / "config.yaml").write_text("model: repvgg_a0\nseed: 0\nepochs: 3\namp: bf16\n")
+    (pre / "config.yaml").write_text("model: repvgg_a0\nseed: 0\ndata: fashion-mnist\nepochs: 3\namp: bf16\n")
     assert len(mod.commands(args, "pspnet_repvgg_a0", 0, tmp_path)) == 2      # unfinished: no harness.json
     (pre / "harness.json").write_text('{"pretrain_min": 7.0}')
     (seg,) = mod.commands(args, "pspnet_repvgg_a0", 0, tmp_path)
     assert seg[seg.index("--backbone-checkpoint") + 1] == str(pre / "best.safetensors")
     assert len(mod.commands(argparse.Namespace(**{**vars(args), "keep_finished": False}), "pspnet_repvgg_a0", 0,
                             tmp_path)) == 2
-    for other in ({"pretrain_epochs": 1}, {"amp": "fp32"}, {"pretrain_size": 56}):
+    for other in ({"pretrain_epochs": 1}, {"amp": "fp32"}, {"pretrain_size": 56}, {"pretrain_data": "fmnist-items"}):
         with pytest.raises(SystemExit, match="finished pretraining with"):
             mod.commands(argparse.Namespace(**{**vars(args), **other}), "pspnet_repvgg_a0", 0, tmp_path)
-    (pre / "config.yaml").write_text("model: repvgg_a1\nseed: 0\nepochs: 3\namp: bf16\n")   # copied in by hand
+    # copied in by hand
+    (pre / "config.yaml").write_text("model: repvgg_a1\nseed: 0\ndata: fashion-mnist\nepochs: 3\namp: bf16\n")
     with pytest.raises(SystemExit, match="'model': 'repvgg_a1'"):
         mod.commands(args, "pspnet_repvgg_a0", 0, tmp_path)
-    (pre / "config.yaml").write_text("model: repvgg_a0\nseed: 1\nepochs: 3\namp: bf16\n")
+    (pre / "config.yaml").write_text("model: repvgg_a0\nseed: 1\ndata: fashion-mnist\nepochs: 3\namp: bf16\n")
     with pytest.raises(SystemExit, match="'seed': 1"):
         mod.commands(args, "pspnet_repvgg_a0", 0, tmp_path)
 

@@ -104,6 +104,19 @@ def test_depths_flag_trains_a_shallower_model_its_checkpoints_rebuild(tmp_path, 
         assert [len(s) for s in model_from_checkpoint(out / name).stages] == [1, 1, 2, 1]
 
 
+def test_trains_on_fmnist_items_in_colour(tmp_path, tiny, monkeypatch):
+    """fmnist-items (the scene segmenters' pretraining) trains through the same command: 3-channel
+    64 px pictures from the same IDX files, the model built for 3 channels."""
+    monkeypatch.setenv("REPVGG_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", "small", "--data", "fmnist-items", "--data-dir", str(tiny), "--image-size", "16",
+                 "--no-small-input", "--batch-size", "32", "--epochs", "1", "--no-amp", "--threads", "1", "--quiet",
+                 "--depths", "1,1,1,1", "--output", str(out)]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"] == "fmnist-items"
+    assert model_from_checkpoint(out / "best.safetensors").in_chans == 3
+    assert len(list((tmp_path / "cache").glob("fmnist-items-*.npz"))) == 1
+
+
 def test_depths_model_overrides_a_recipe_back_to_the_models_own():
     from repvgg.commands.train import _depths
 

@@ -52,7 +52,7 @@ def register(sub) -> None:
                                    "--method torch).")
     _common(q, "INT8 file (default: CHECKPOINT.int8.onnx; --method torch: CHECKPOINT.int8.safetensors)")
     q.add_argument("--data", required=True,
-                   help="fashion-mnist | fashion-mnist-builtin | cifar10 | cifar100 | imagefolder:PATH")
+                   help="fashion-mnist | fashion-mnist-builtin | fmnist-items | cifar10 | cifar100 | imagefolder:PATH")
     q.add_argument("--data-dir")
     q.add_argument("--image-size", type=int, help="resize the data (default: the checkpoint's training size)")
     q.add_argument("--calib-batches", type=int, default=8, help="training batches for calibration (default 8)")

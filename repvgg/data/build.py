@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import Dataset
 
-from . import cifar, fashion_mnist
+from . import cifar, composite, fashion_mnist
 from .imagefolder import SafeImageFolder, build_imagefolder, make_folder_loader
 from .memory import FastLoader, InMemoryDataset
 from .transforms import STATS, check_recipe, folder_transforms
 
-SUPPORTED = ("fashion-mnist", "fashion-mnist-builtin", "cifar10", "cifar100", "imagefolder:PATH")
+SUPPORTED = ("fashion-mnist", "fashion-mnist-builtin", "fmnist-items", "cifar10", "cifar100", "imagefolder:PATH")
 _ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
             "cifar-10": "cifar10", "cifar-100": "cifar100"}
 
@@ -38,7 +38,10 @@ class DataInfo:
 
 def _in_memory(name, x_tr, y_tr, x_te, y_te, classes, *, source, origin, image_size,
                recipe_aug, policy, crop_padding=None, erasing=0.0):
-    mean, std = STATS[name]
+    if name in STATS:
+        mean, std = STATS[name]
+    else:                                    # a built set: its training images' own statistics
+        mean, std = channel_stats(x_tr)
     size = image_size or x_tr.shape[-1]
     kw = dict(mean=mean, std=std, recipe_aug=recipe_aug, image_size=size, policy=policy)
     train = InMemoryDataset(x_tr, y_tr, classes, train=True, padding=crop_padding,
@@ -49,6 +52,21 @@ def _in_memory(name, x_tr, y_tr, x_te, y_te, classes, *, source, origin, image_s
     return train, test, info
 
 
+def channel_stats(images: torch.Tensor, chunk: int = 2048) -> tuple[tuple, tuple]:
+    """Per-channel mean and std on [0, 1] of uint8 images [N,C,H,W], a chunk at a time (a whole float
+    copy of a large set would cost gigabytes)."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for part in images.split(chunk):
+        f = part.double() / 255
+        total += f.sum((0, 2, 3))
+        squares += (f * f).sum((0, 2, 3))
+    n = images.numel() / images.shape[1]
+    mean = total / n
+    std = (squares / n - mean * mean).clamp(min=0).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
 def build_datasets(spec: str, data_dir: str | None = None, image_size: int | None = None,
                    recipe_aug: str = "simple", crop_padding: int | None = None,
                    erasing: float = 0.0) -> tuple[Dataset, Dataset, DataInfo]:
@@ -56,7 +74,9 @@ def build_datasets(spec: str, data_dir: str | None = None, image_size: int | Non
 
     Specs: 'fashion-mnist' (data_dir, else the Debian files in
     /usr/share/datasets/fashion-mnist, else the built-in subset),
-    'fashion-mnist-builtin' (always the built-in subset), 'cifar10' / 'cifar100'
+    'fashion-mnist-builtin' (always the built-in subset), 'fmnist-items' (each Fashion-MNIST image
+    alone on a textured 64 px canvas at fmnist-scenes' scale and colours: pretraining for the scene
+    segmenters, see repvgg.data.composite), 'cifar10' / 'cifar100'
     (pickle batches under data_dir), 'imagefolder:PATH' (PATH/train, PATH/val;
     'imagefolder' alone uses data_dir as PATH). recipe_aug: 'simple' | 'autoaugment' | 'none'.
     Datasets yield normalized float32 images and int64 labels; use build_loader
@@ -76,6 +96,14 @@ def build_datasets(spec: str, data_dir: str | None = None, image_size: int | Non
             folder, origin = fashion_mnist.BUILTIN_DIR, "builtin"
         return _in_memory("fashion-mnist", *fashion_mnist.load_split(folder, "train"),
                           *fashion_mnist.load_split(folder, "test"), fashion_mnist.CLASSES,
+                          source=str(folder), origin=origin, image_size=image_size,
+                          recipe_aug=recipe_aug, policy="cifar10", crop_padding=crop_padding,
+                          erasing=erasing)
+    if name == "fmnist-items":
+        if arg:
+            raise ValueError("fmnist-items takes no ':' argument; use data_dir")
+        splits, folder, origin = composite.load_items(data_dir)
+        return _in_memory("fmnist-items", *splits["train"], *splits["test"], fashion_mnist.CLASSES,
                           source=str(folder), origin=origin, image_size=image_size,
                           recipe_aug=recipe_aug, policy="cifar10", crop_padding=crop_padding,
                           erasing=erasing)
