@@ -79,7 +79,8 @@ def commands(args, m: str, s: int, runs: Path) -> list[list[str]]:
     shape = [] if backbone.startswith("tv:") else ["--width", "1", "--depths", "model"]
     pretrain = [sys.executable, "-m", "repvgg", "train", "--model", backbone, "--recipe", "small", *shape,
                 "--no-small-input", "--data", args.pretrain_data, "--epochs", str(args.pretrain_epochs),
-                "--seed", str(s), "--threads", str(args.threads), "--output", str(pre), "--overwrite", "--quiet"] + data_dir + amp
+                "--seed", str(s), "--threads", str(args.threads), "--output", str(pre), "--overwrite",
+                "--quiet"] + data_dir + amp
     if args.pretrain_size:
         pretrain += ["--image-size", str(args.pretrain_size)]
     return [pretrain, seg]

@@ -18,7 +18,8 @@ def register(sub) -> None:
     p.add_argument("--repvggify", action="store_true", default=None,
                    help="with --model tv:NAME: train it with RepVGG branches on every 3x3 conv-BN pair (folded back "
                         "into the plain torchvision model at the end)")
-    p.add_argument("--data", help="fashion-mnist | fashion-mnist-builtin | fmnist-items | cifar10 | cifar100 | imagefolder:PATH")
+    p.add_argument("--data", help="fashion-mnist | fashion-mnist-builtin | fmnist-items | cifar10 | cifar100 | "
+                   "imagefolder:PATH")
     p.add_argument("--data-dir", help="where the dataset files are")
     p.add_argument("--block", help="block variant (see `repvgg.list_blocks()`), e.g. repvgg, plain")
     p.add_argument("--width", type=float, help="channel multiplier on the model's widths (0.5 = 1/4 compute)")

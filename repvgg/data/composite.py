@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -35,10 +36,10 @@ def background(g: torch.Generator, size: int) -> torch.Tensor:
     return (mix.clamp(0, 1) * 255)
 
 
-def paste_item(img: torch.Tensor, mask: torch.Tensor, item: torch.Tensor, value: int, g: torch.Generator,
-               scale: tuple[float, float]) -> None:
+def paste_item(img: torch.Tensor, item: torch.Tensor, g: torch.Generator, scale: tuple[float, float],
+               mask: torch.Tensor | None = None, value: int = 1) -> None:
     """Paste one uint8 item [1,28,28] into `img` (float [3,S,S]) at 28 * U(scale) px, a random place and
-    colour; its pixels in `mask` become `value`. Both are changed in place."""
+    colour; its pixels in `mask` (if given) become `value`. Both are changed in place."""
     size = img.shape[-1]
     s = int(round(28 * (scale[0] + (scale[1] - scale[0]) * float(torch.rand((), generator=g)))))
     s = min(s, size)
@@ -49,7 +50,8 @@ def paste_item(img: torch.Tensor, mask: torch.Tensor, item: torch.Tensor, value:
     cloth = colour * (0.35 + 0.65 * shape)     # the item's own shading and texture kept
     region = img[:, y0:y0 + s, x0:x0 + s]
     img[:, y0:y0 + s, x0:x0 + s] = region * (1 - alpha) + cloth * alpha
-    mask[y0:y0 + s, x0:x0 + s][alpha > 0.5] = value
+    if mask is not None:
+        mask[y0:y0 + s, x0:x0 + s][alpha > 0.5] = value
 
 
 def compose_scene(items: torch.Tensor, labels: torch.Tensor, g: torch.Generator, size: int,
@@ -61,7 +63,7 @@ def compose_scene(items: torch.Tensor, labels: torch.Tensor, g: torch.Generator,
     k = int(torch.randint(n_items[0], n_items[1] + 1, (), generator=g))
     for _ in range(k):
         i = int(torch.randint(len(items), (), generator=g))
-        paste_item(img, mask, items[i], int(labels[i]) + 1, g, scale)
+        paste_item(img, items[i], g, scale, mask, int(labels[i]) + 1)
     return img.round().clamp(0, 255).to(torch.uint8), mask
 
 
@@ -69,10 +71,9 @@ def items_on_canvas(items: torch.Tensor, seed: int, size: int, scale: tuple[floa
     """Every item [N,1,28,28] once, alone on its own background: uint8 [N,3,S,S], in the items' order."""
     g = torch.Generator().manual_seed(seed)
     out = torch.empty(len(items), 3, size, size, dtype=torch.uint8)
-    mask = torch.zeros(size, size, dtype=torch.uint8)
     for n, item in enumerate(items):
         img = background(g, size)
-        paste_item(img, mask, item, 1, g, scale)
+        paste_item(img, item, g, scale)
         out[n] = img.round().clamp(0, 255).to(torch.uint8)
     return out
 
@@ -87,8 +88,8 @@ def cached_arrays(name: str, key: str, keys: tuple[str, ...],
         try:
             with np.load(path) as z:
                 return {k: z[k] for k in keys}
-        except (OSError, ValueError, KeyError):
-            pass
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            pass                                  # damaged or cut short: built again below
     arrays = build()
 
     def write(tmp: str) -> None:
