@@ -52,18 +52,16 @@ def _in_memory(name, x_tr, y_tr, x_te, y_te, classes, *, source, origin, image_s
     return train, test, info
 
 
-def channel_stats(images: torch.Tensor, chunk: int = 2048) -> tuple[tuple, tuple]:
-    """Per-channel mean and std on [0, 1] of uint8 images [N,C,H,W], a chunk at a time (a whole float
-    copy of a large set would cost gigabytes)."""
-    total = torch.zeros(images.shape[1], dtype=torch.float64)
-    squares = torch.zeros_like(total)
-    for part in images.split(chunk):
-        f = part.double() / 255
-        total += f.sum((0, 2, 3))
-        squares += (f * f).sum((0, 2, 3))
-    n = images.numel() / images.shape[1]
-    mean = total / n
-    std = (squares / n - mean * mean).clamp(min=0).sqrt()
+def channel_stats(images: torch.Tensor) -> tuple[tuple, tuple]:
+    """Per-channel mean and std on [0, 1] of uint8 images [N,C,H,W], exact, from each channel's histogram
+    of the 256 values: no float copy of a large set (gigabytes), and a fraction of a second where
+    float sums a chunk at a time took 9 s on 60,000 64 px images."""
+    values = torch.arange(256, dtype=torch.float64) / 255
+    counts = torch.stack([torch.bincount(images[:, c].reshape(-1), minlength=256)
+                          for c in range(images.shape[1])]).double()
+    n = counts.sum(1)
+    mean = counts @ values / n
+    std = (counts @ (values * values) / n - mean * mean).clamp(min=0).sqrt()
     return tuple(mean.tolist()), tuple(std.tolist())
 
 

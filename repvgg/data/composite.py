@@ -120,11 +120,11 @@ def load_items(data_dir: str | None = None, seed: int = 0, **overrides) -> tuple
     p = {**ITEMS_DEFAULTS, **overrides}
     folder, origin = find_fashion_mnist(data_dir)
     key = f"v{ITEMS_VERSION}-{origin}-{folder}-{sorted(p.items())}-{seed}"
-    labels = {split: load_split(folder, split) for split in ("train", "test")}
+    source = {split: load_split(folder, split) for split in ("train", "test")}   # (items, labels)
 
     def build() -> dict:
         return {split: items_on_canvas(x, seed + k, p["size"], tuple(p["scale"])).numpy()
-                for k, (split, (x, _)) in enumerate(labels.items())}
+                for k, (split, (x, _)) in enumerate(source.items())}
 
     z = cached_arrays("fmnist-items", key, ("train", "test"), build)
-    return {s: (torch.from_numpy(z[s]), labels[s][1]) for s in ("train", "test")}, folder, origin
+    return {s: (torch.from_numpy(z[s]), source[s][1]) for s in ("train", "test")}, folder, origin
