@@ -17,6 +17,8 @@ training images the scenes are built from; --pretrain-size S resizes them to S p
 instead) and starts the segmenter from its best checkpoint, as the paper starts from ImageNet weights;
 the pretraining minutes are reported beside the segmentation budget.
 With --keep-finished a finished pretraining in --runs is reused (its minutes as first measured).
+--total-budget-min T makes the CPU time equal end to end instead: each segmenter trains for T minus its
+own backbone's pretraining minutes, so a backbone that pretrains faster leaves its segmenter more steps.
 """
 from __future__ import annotations
 
@@ -103,6 +105,22 @@ def finished_pretraining(pre: Path, args, backbone: str, seed: int) -> bool:
     return True
 
 
+def with_budget(cmd: list[str], minutes: float) -> list[str]:
+    """A `repvgg seg train` command with its --time-budget-min set to `minutes`."""
+    i = cmd.index("--time-budget-min") + 1
+    return [*cmd[:i], f"{minutes:.3f}", *cmd[i + 1:]]
+
+
+def total_budget_left(total: float, runs: Path, name: str) -> float | None:
+    """With --total-budget-min: the minutes of segmentation steps a run's backbone pretraining (its measured
+    wall minutes) left of the total; None where nothing is left."""
+    left = total - json.loads((runs / f"{name}_pretrain" / "harness.json").read_text())["pretrain_min"]
+    if left <= 0:
+        print(f"{name}: its pretraining took all of --total-budget-min {total:g}; no segmenter trained", file=sys.stderr)
+        return None
+    return left
+
+
 def run_parallel(jobs: list[dict], parallel: int) -> list[dict]:
     """Run the jobs' commands, `parallel` at a time, each into its log; returns the jobs that succeeded,
     each with the wall minutes it took."""
@@ -137,7 +155,11 @@ def launch(args, runs: Path) -> None:
     for job in run_parallel(pretrain, args.parallel):
         (runs / f"{job['name']}_pretrain" / "harness.json").write_text(json.dumps({"pretrain_min": job["minutes"]}))
         ready.add(job["name"])
-    segment = [{"name": name, "cmd": cmds[-1], "log": runs / f"{name}.log"} for name, cmds in todo.items() if name in ready]
+    segment = [{"name": name, "cmd": todo[name][-1], "log": runs / f"{name}.log"} for name in todo if name in ready]
+    if getattr(args, "total_budget_min", None):
+        left = {job["name"]: total_budget_left(args.total_budget_min, runs, job["name"]) for job in segment}
+        segment = [{**job, "cmd": with_budget(job["cmd"], left[job["name"]])} for job in segment
+                   if left[job["name"]] is not None]
     for job in run_parallel(segment, args.parallel):
         out = runs / job["name"]
         if out.is_dir():   # which harness command trained it (runs added with --keep-finished)
@@ -207,7 +229,8 @@ def collect(args, runs: Path) -> dict:
                          "test_miou_sd": statistics.stdev(mious) if len(mious) > 1 else 0.0})
     trained_by = list(dict.fromkeys(x["trained_by"] for r in rows for x in r["runs"] if x["trained_by"]))
     return {"command": this_command(), "trained_by": trained_by, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "cpu": _cpu(), "torch": torch.__version__, "budget_min": args.budget_min, "threads": args.threads,
+            "cpu": _cpu(), "torch": torch.__version__, "budget_min": args.budget_min,
+            "total_budget_min": args.total_budget_min, "threads": args.threads,
             "parallel": args.parallel, "recipe": args.recipe, "pretrain_epochs": args.pretrain_epochs,
             "pretrain_size": args.pretrain_size, "pretrain_data": args.pretrain_data, "rows": rows}
 
@@ -226,7 +249,10 @@ def write(result: dict, tag: str) -> str:
     name = f"seg_scenes_{tag}"
     n_test = next((x["test_images"] for r in result["rows"] for x in r["runs"] if x.get("test_images")), "?")
     (out / f"{name}.json").write_text(json.dumps(result, indent=2))
-    md = [f"# fmnist-scenes: PSPNet segmenters at the same CPU time ({result['budget_min']:g} min of training steps each)",
+    total = result.get("total_budget_min")
+    budget = (f"{total:g} min each: backbone pretraining + segmentation steps" if total else
+              f"{result['budget_min']:g} min of training steps each")
+    md = [f"# fmnist-scenes: PSPNet segmenters at the same CPU time ({budget})",
           "", f"- command: `{result['command']}`",
           *([f"- runs trained by: {'; '.join(f'`{c}`' for c in result['trained_by'])}"]
             if set(result.get("trained_by", [])) - {result["command"]} else []),
@@ -263,6 +289,9 @@ def main() -> int:
     ap.add_argument("--models", nargs="+", default=["pspnet_repvgg_a0", "pspnet_resnet18", "pspnet_repvgg_a0_fast"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--budget-min", type=float, default=30.0)
+    ap.add_argument("--total-budget-min", type=float,
+                    help="equal CPU time end to end (with --pretrain-epochs): each segmenter trains for this minus its "
+                         "backbone's pretraining wall minutes, instead of --budget-min")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--parallel", type=int, default=1)
     ap.add_argument("--recipe", default="scenes")
@@ -287,6 +316,9 @@ def main() -> int:
                     help="train only the (model, seed) runs without a summary.json (add seeds to an earlier run), "
                          "starting from a finished pretraining where one is there")
     args = ap.parse_args()
+    if args.total_budget_min and not args.pretrain_epochs:
+        ap.error("--total-budget-min splits the minutes between pretraining and segmentation: give --pretrain-epochs "
+                 "too (without pretraining use --budget-min)")
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
     if not args.collect_only:

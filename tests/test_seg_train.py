@@ -274,6 +274,44 @@ def test_seg_scenes_benchmark_pretrains_each_backbone_then_starts_the_segmenter_
     assert "command" in json.loads((tmp_path / "pspnet_repvgg_a0_s0" / "harness.json").read_text())
 
 
+def test_seg_scenes_total_budget_gives_each_segmenter_what_its_pretraining_left(tmp_path, monkeypatch, capsys):
+    import argparse
+    import sys
+
+    from tests.conftest import load_benchmark
+
+    mod = load_benchmark("seg_scenes")
+    cmd = ["repvgg", "seg", "train", "--time-budget-min", "30.0", "--output", "x"]
+    assert mod.with_budget(cmd, 32.25) == ["repvgg", "seg", "train", "--time-budget-min", "32.250", "--output", "x"]
+    # the chain with --total-budget-min: each segmenter's budget is the total less its own pretraining
+    seen = tmp_path / "budgets.txt"
+    def fake_commands(args, m, s, runs):
+        (runs / f"{m}_s{s}_pretrain").mkdir()
+        wait = {"pspnet_repvgg_a0": 0.0, "pspnet_resnet18": 6.0}[m]
+        return [[sys.executable, "-c", f"import time; time.sleep({wait})"],
+                [sys.executable, "-c", f"import sys; open({str(seen)!r}, 'a').write({m!r} + ' ' + sys.argv[-1] + '\\n')",
+                 "--time-budget-min", "999"]]
+    monkeypatch.setattr(mod, "commands", fake_commands)
+    args = argparse.Namespace(models=["pspnet_repvgg_a0", "pspnet_resnet18"], seeds=[0], keep_finished=False,
+                              parallel=2, total_budget_min=0.2)
+    mod.launch(args, tmp_path)
+    got = dict(line.split() for line in seen.read_text().splitlines())
+    pre = {m: json.loads((tmp_path / f"{m}_s0_pretrain" / "harness.json").read_text())["pretrain_min"] for m in got}
+    for m, minutes in got.items():
+        assert float(minutes) == pytest.approx(0.2 - pre[m], abs=1e-3)
+    assert float(got["pspnet_repvgg_a0"]) > float(got["pspnet_resnet18"])   # the faster pretraining leaves more
+    # a pretraining that used up the total trains no segmenter, and says so
+    for f in tmp_path.iterdir():
+        if f.is_dir():
+            for g in f.iterdir():
+                g.unlink()
+            f.rmdir()
+    seen.unlink()
+    mod.launch(argparse.Namespace(**{**vars(args), "total_budget_min": 0.07}), tmp_path)
+    assert seen.read_text().split() == ["pspnet_repvgg_a0", f"{float(seen.read_text().split()[1]):.3f}"]
+    assert "pspnet_resnet18_s0: its pretraining took all of --total-budget-min 0.07" in capsys.readouterr().err
+
+
 def test_seg_scenes_benchmark_reuses_a_finished_pretraining_of_the_same_kind(tmp_path):
     import argparse
 
