@@ -173,6 +173,16 @@ def test_scenes_are_deterministic_cached_and_split_apart(tmp_path, monkeypatch):
     assert not torch.equal(a["train"][0], c["train"][0])
 
 
+def test_scene_normalisation_is_the_training_scenes_own_statistics(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPVGG_CACHE", str(tmp_path))
+    scenes = {"num_train": 12, "num_test": 3, "size": 40}
+    _, _, info = build_seg_datasets("fmnist-scenes", scenes=scenes)
+    x = load_scenes(**scenes)[0]["train"][0].double() / 255
+    assert info.mean == pytest.approx(x.mean((0, 2, 3)).tolist(), abs=1e-9)
+    assert info.std == pytest.approx(x.std((0, 2, 3), correction=0).tolist(), abs=1e-9)
+    assert len(info.mean) == 3 and min(info.std) > 0.05
+
+
 def test_scenes_are_not_segmented_by_a_brightness_threshold(tmp_path, monkeypatch):
     """The point of the textured background: the best global threshold on brightness is poor."""
     monkeypatch.setenv("REPVGG_CACHE", str(tmp_path))

@@ -18,6 +18,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from ..data.build import channel_stats
+
 IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SOURCES = ("fmnist-scenes", "cityscapes", "folder")
@@ -230,8 +232,7 @@ def build_seg_datasets(spec: str = "fmnist-scenes", data_dir: str | None = None,
 
         splits, origin = load_scenes(data_dir, **(scenes or {}))
         (xtr, ytr), (xte, yte) = splits["train"], splits["test"]
-        f = xtr.float() / 255
-        mean, std = tuple(f.mean((0, 2, 3)).tolist()), tuple(f.std((0, 2, 3)).tolist())
+        mean, std = channel_stats(xtr)    # the training scenes' own, from their histograms (no float copy)
         info = SegInfo("fmnist-scenes", CLASS_NAMES, mean, std, f"Fashion-MNIST {origin}")
         crop = crop_size or xtr.shape[-1]
         train = SceneSet(xtr, ytr, train_transform(crop, scale, mean, std), seed)
