@@ -22,7 +22,9 @@ import torch.nn.functional as F
 from ..fileio import atomic_write
 
 
-def cache_dir() -> Path:
+def data_cache_dir() -> Path:
+    """Where built data (scenes, items) is cached: REPVGG_CACHE, else ~/.cache/repvgg. Weights use the same
+    variable but default to torch hub's checkpoints folder, as timm's and torchvision's do (repvgg.hub)."""
     return Path(os.environ.get("REPVGG_CACHE", Path.home() / ".cache" / "repvgg"))
 
 
@@ -83,7 +85,7 @@ def cached_arrays(name: str, key: str, keys: tuple[str, ...],
     """The arrays `keys` that `build()` makes, from the cache file named by `name` and a hash of `key` where
     one is there and whole (a damaged one is rebuilt); a cache that cannot be written (read-only home) is
     skipped: the next run only builds it again."""
-    path = cache_dir() / f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
+    path = data_cache_dir() / f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
     if path.is_file():
         try:
             with np.load(path) as z:
