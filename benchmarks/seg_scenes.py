@@ -260,16 +260,17 @@ def write(result: dict, tag: str) -> str:
           f"side by side; torch {result['torch']}; recipe `{result['recipe']}` ({_settings_line(result)})",
           f"- test mIoU of the fused deploy model on the {n_test} test scenes (built from Fashion-MNIST's test split), "
           "checkpoint picked on a validation split of the training scenes", "",
-          "| segmenter | test mIoU (mean +- sd) | per seed | pixel acc | steps in the budget | training min | "
-          "fused = train-time |", "|---|---|---|---|---|---|---|"]
+          "| segmenter | test mIoU (mean +- sd) | per seed | val mIoU per seed (what picks settings) | pixel acc | "
+          "steps in the budget | training min | fused = train-time |", "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         seeds = ", ".join(f"{x['test_miou']:.2f}" for x in r["runs"])
+        vals = ", ".join(f"{x['val_miou']:.2f}" for x in r["runs"])
         acc = statistics.mean(x["pixel_acc"] for x in r["runs"])
         steps = "/".join(str(x["steps"]) for x in r["runs"])
         same = all(x["fusion_ok"] for x in r["runs"])
         agree = min(x["agreement_pct"] for x in r["runs"])
         minutes = "/".join(f"{x['train_min']:.1f}" if x.get("train_min") else "?" for x in r["runs"])
-        md.append(f"| {r['model']} | {r['test_miou_mean']:.2f} +- {r['test_miou_sd']:.2f} | {seeds} | {acc:.2f} | "
+        md.append(f"| {r['model']} | {r['test_miou_mean']:.2f} +- {r['test_miou_sd']:.2f} | {seeds} | {vals} | {acc:.2f} | "
                   f"{steps} | {minutes} | {'yes' if same else 'NO'} (labels {agree:.3f}% identical) |")
     pre = [(r["model"], x) for r in result["rows"] for x in r["runs"] if "pretrain_min" in x]
     if pre:

@@ -209,8 +209,8 @@ def test_seg_scenes_benchmark_collects_finished_runs(tmp_path, monkeypatch):
                                       "--models", "pspnet_repvgg_a0", "pspnet_resnet18", "--tag", "t"])
     assert mod.main() == 0
     md = (tmp_path / "benchmarks" / "results" / "seg_scenes_t.md").read_text()
-    assert "| pspnet_repvgg_a0 | 51.00 +- 1.41 | 50.00, 52.00 | 90.00 | 120/120 | 1.0/1.0 | yes" in md
-    assert "| pspnet_resnet18 | 40.00 +- 0.00 | 40.00 |" in md
+    assert "| pspnet_repvgg_a0 | 51.00 +- 1.41 | 50.00, 52.00 | 49.00, 49.00 | 90.00 | 120/120 | 1.0/1.0 | yes" in md
+    assert "| pspnet_resnet18 | 40.00 +- 0.00 | 40.00 | 49.00 |" in md
     assert "| pspnet_resnet18 | 0 | 42.8 | fashion-mnist | 28 px | 87.28 / 86.50 |" in md
     assert "| pspnet_repvgg_a0 | 0 | nan | fmnist-items | 64 px | 80.00 / 79.00 |" in md
     assert "- runs trained by: `python seg_scenes.py --seeds 1`" in md
