@@ -8,7 +8,8 @@ of training steps, best epoch picked on the validation split, both forms scored 
 scenes at the end). All pretrainings (below) run first, then the segmenters, --parallel at a time: runs
 started together share the machine alike; --parallel 1 runs them in turn.
 Writes benchmarks/results/seg_scenes_<tag>.{json,md} from the runs' summary.json files
-(--collect-only: only that, from existing runs).
+(--collect-only: only that, from existing runs; --keep-earlier-seeds: seeds whose runs are gone are
+kept from the results JSON as they were collected).
 
 --pretrain-epochs E first trains each segmenter's backbone as a Fashion-MNIST classifier (`repvgg
 train --model repvgg_a0 | tv:resnet18 --no-small-input --epochs E`, the ImageNet stem, on the same
@@ -204,13 +205,26 @@ def _pretrain_input(folder: Path) -> dict:
             "pretrain_px": cfg.get("image_size") or (ITEMS_DEFAULTS["size"] if data == "fmnist-items" else 28)}
 
 
+def earlier_seeds(tag: str) -> dict[tuple[str, int], dict]:
+    """(model, seed) -> its entry in this tag's results JSON, each with the date it was collected: the runs
+    behind a results file do not survive a change of machine, its per-seed figures do."""
+    f = ROOT / "benchmarks" / "results" / f"seg_scenes_{tag}.json"
+    if not f.is_file():
+        return {}
+    old = json.loads(f.read_text())
+    return {(r["model"], x["seed"]): {"collected": old["date"], **x} for r in old["rows"] for x in r["runs"]}
+
+
 def collect(args, runs: Path) -> dict:
-    rows = []
+    rows, now = [], time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    earlier = earlier_seeds(args.tag) if args.keep_earlier_seeds else {}
     for m in args.models:
         per_seed = []
         for s in args.seeds:
             f = runs / f"{m}_s{s}" / "summary.json"
             if not f.is_file():
+                if (m, s) in earlier:
+                    per_seed.append(earlier[(m, s)])
                 continue
             sm = json.loads(f.read_text())
             metrics = [json.loads(ln) for ln in (f.parent / "metrics.jsonl").read_text().splitlines() if ln.strip()]
@@ -222,13 +236,14 @@ def collect(args, runs: Path) -> dict:
                              "test_images": sm.get("test_images"), "trained_by": _trained_by(f.parent),
                              **_settings(f.parent),
                              **_pretraining(runs / f"{m}_s{s}_pretrain"),
-                             "per_class_iou": sm["per_class_iou"]})
+                             "per_class_iou": sm["per_class_iou"],
+                             "collected": now})
         if per_seed:
             mious = [r["test_miou"] for r in per_seed]
             rows.append({"model": m, "runs": per_seed, "test_miou_mean": statistics.mean(mious),
                          "test_miou_sd": statistics.stdev(mious) if len(mious) > 1 else 0.0})
     trained_by = list(dict.fromkeys(x["trained_by"] for r in rows for x in r["runs"] if x["trained_by"]))
-    return {"command": this_command(), "trained_by": trained_by, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    return {"command": this_command(), "trained_by": trained_by, "date": now,
             "cpu": _cpu(), "torch": torch.__version__, "budget_min": args.budget_min,
             "total_budget_min": args.total_budget_min, "threads": args.threads,
             "parallel": args.parallel, "recipe": args.recipe, "pretrain_epochs": args.pretrain_epochs,
@@ -242,6 +257,17 @@ def _settings_line(result: dict) -> str:
     lrs = ", ".join(dict.fromkeys(f"{x['lr']:g}" for x in runs if x.get("lr") is not None)) or "?"
     amps = ", ".join(dict.fromkeys(names.get(x.get("amp"), str(x.get("amp") or "?")) for x in runs))
     return f"lr {lrs}; precision {amps}"
+
+
+def _kept_line(result: dict) -> list[str]:
+    """A line naming the seeds taken from an earlier collection of the file (--keep-earlier-seeds), if any."""
+    kept = {}
+    for r in result["rows"]:
+        for x in r["runs"]:
+            if x.get("collected") and x["collected"] != result["date"]:
+                kept.setdefault(x["collected"], set()).add(x["seed"])
+    return [f"- seeds {', '.join(map(str, sorted(seeds)))} as collected on {when} (kept from this file's JSON; "
+            "their runs were on another machine)" for when, seeds in sorted(kept.items())]
 
 
 def write(result: dict, tag: str) -> str:
@@ -258,6 +284,7 @@ def write(result: dict, tag: str) -> str:
             if set(result.get("trained_by", [])) - {result["command"]} else []),
           f"- {result['date']}; {result['cpu']}; {result['threads']} torch threads per run, {result['parallel']} runs "
           f"side by side; torch {result['torch']}; recipe `{result['recipe']}` ({_settings_line(result)})",
+          *_kept_line(result),
           f"- test mIoU of the fused deploy model on the {n_test} test scenes (built from Fashion-MNIST's test split), "
           "checkpoint picked on a validation split of the training scenes", "",
           "| segmenter | test mIoU (mean +- sd) | per seed | val mIoU per seed (what picks settings) | pixel acc | "
@@ -316,6 +343,9 @@ def main() -> int:
     ap.add_argument("--keep-finished", action="store_true",
                     help="train only the (model, seed) runs without a summary.json (add seeds to an earlier run), "
                          "starting from a finished pretraining where one is there")
+    ap.add_argument("--keep-earlier-seeds", action="store_true",
+                    help="seeds without a run in --runs (trained on another machine, whose runs folder is gone) "
+                         "are taken from this --tag's results JSON as they were collected, and named in the table")
     args = ap.parse_args()
     if args.total_budget_min and not args.pretrain_epochs:
         ap.error("--total-budget-min splits the minutes between pretraining and segmentation: give --pretrain-epochs "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -215,6 +216,30 @@ def test_seg_scenes_benchmark_collects_finished_runs(tmp_path, monkeypatch):
     assert "| pspnet_repvgg_a0 | 0 | nan | fmnist-items | 64 px | 80.00 / 79.00 |" in md
     assert "- runs trained by: `python seg_scenes.py --seeds 1`" in md
     assert "recipe `scenes` (lr 0.001, 0.002; precision bf16, fp32)" in md    # what the runs trained with
+
+    # a change of machine: seed 0's runs are gone, seed 1 is still here; the table keeps seed 0 as collected
+    results = tmp_path / "benchmarks" / "results" / "seg_scenes_t.json"
+    earlier = json.loads(results.read_text())
+    earlier = {**earlier, "date": "2026-01-02 03:04 UTC",       # as files from before per-seed dates were kept
+               "rows": [{**r, "runs": [{k: v for k, v in x.items() if k != "collected"} for x in r["runs"]]}
+                        for r in earlier["rows"]]}
+    shutil.rmtree(runs / "pspnet_repvgg_a0_s0")
+    shutil.rmtree(runs / "pspnet_resnet18_s0")
+    (runs / "pspnet_repvgg_a0_s1" / "summary.json").write_text(json.dumps({
+        "deploy_miou": 54.0, "train_miou": 54.0, "pixel_acc": 90.0, "val_miou": "49.0", "pixel_agreement_pct": 100.0,
+        "fusion_ok": True, "train_time_s": 60.0, "best_epoch": "3", "per_class_iou": {}}))
+    results.write_text(json.dumps(earlier))
+    assert mod.main() == 0          # without --keep-earlier-seeds: only what is in --runs
+    md = results.with_suffix(".md").read_text()
+    assert "| pspnet_repvgg_a0 | 54.00 +- 0.00 | 54.00 |" in md and "| pspnet_resnet18 |" not in md
+    results.write_text(json.dumps(earlier))
+    monkeypatch.setattr(sys, "argv", sys.argv + ["--keep-earlier-seeds"])
+    assert mod.main() == 0
+    md = results.with_suffix(".md").read_text()
+    assert "| pspnet_repvgg_a0 | 52.00 +- 2.83 | 50.00, 54.00 |" in md           # seed 0 kept, seed 1 new
+    assert "| pspnet_resnet18 | 40.00 +- 0.00 | 40.00 |" in md
+    assert "| pspnet_resnet18 | 0 | 42.8 | fashion-mnist | 28 px | 87.28 / 86.50 |" in md
+    assert "- seeds 0 as collected on 2026-01-02 03:04 UTC (kept from this file's JSON" in md
 
 
 def test_seg_scenes_benchmark_can_add_seeds_to_finished_runs(tmp_path):
