@@ -270,6 +270,31 @@ def _kept_line(result: dict) -> list[str]:
             "their runs were on another machine)" for when, seeds in sorted(kept.items())]
 
 
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)   # Student t, 97.5%, df 1..10
+
+
+def t975(df: int) -> float:
+    """The two-sided 95% Student t quantile (beyond df 10 its 1/df expansion, within 0.03)."""
+    z = 1.959964
+    return T975[df - 1] if df <= len(T975) else z + (z ** 3 + z) / (4 * df)
+
+
+def _paired_line(result: dict) -> list[str]:
+    """The first model minus the second, seed by seed (runs of one seed trained side by side), with a 95%
+    t-interval of the mean difference: whether the seeds can tell the gap from zero."""
+    if len(result["rows"]) < 2:
+        return []
+    a, b = ({x["seed"]: x["test_miou"] for x in r["runs"]} for r in result["rows"][:2])
+    d = [a[s] - b[s] for s in sorted(a) if s in b]
+    if len(d) < 2:
+        return []
+    mean, sd = statistics.mean(d), statistics.stdev(d)
+    half = t975(len(d) - 1) * sd / len(d) ** 0.5
+    return [f"- paired by seed, {result['rows'][0]['model']} - {result['rows'][1]['model']}: "
+            f"{', '.join(f'{x:+.2f}' for x in d)}; mean {mean:+.2f} +- {sd:.2f}, 95% t-interval "
+            f"[{mean - half:+.2f}, {mean + half:+.2f}] ({len(d)} seeds)"]
+
+
 def write(result: dict, tag: str) -> str:
     out = ROOT / "benchmarks" / "results"
     name = f"seg_scenes_{tag}"
@@ -299,6 +324,8 @@ def write(result: dict, tag: str) -> str:
         minutes = "/".join(f"{x['train_min']:.1f}" if x.get("train_min") else "?" for x in r["runs"])
         md.append(f"| {r['model']} | {r['test_miou_mean']:.2f} +- {r['test_miou_sd']:.2f} | {seeds} | {vals} | {acc:.2f} | "
                   f"{steps} | {minutes} | {'yes' if same else 'NO'} (labels {agree:.3f}% identical) |")
+    if paired := _paired_line(result):
+        md += [""] + paired
     pre = [(r["model"], x) for r in result["rows"] for x in r["runs"] if "pretrain_min" in x]
     if pre:
         md += ["", "Backbones pretrained as Fashion-MNIST classifiers first (`--pretrain-epochs`):", "",

@@ -240,6 +240,20 @@ def test_seg_scenes_benchmark_collects_finished_runs(tmp_path, monkeypatch):
     assert "| pspnet_resnet18 | 40.00 +- 0.00 | 40.00 |" in md
     assert "| pspnet_resnet18 | 0 | 42.8 | fashion-mnist | 28 px | 87.28 / 86.50 |" in md
     assert "- seeds 0 as collected on 2026-01-02 03:04 UTC (kept from this file's JSON" in md
+    assert "- paired by seed, pspnet_repvgg_a0 - pspnet_resnet18: +10.00" not in md    # one shared seed: no interval
+
+
+def test_seg_scenes_pairs_models_by_seed_with_a_t_interval():
+    from tests.conftest import load_benchmark
+
+    mod = load_benchmark("seg_scenes")
+    assert mod.t975(1) == 12.706 and mod.t975(10) == 2.228 and abs(mod.t975(30) - 2.042) < 0.03
+    rows = [{"model": m, "runs": [{"seed": s, "test_miou": v} for s, v in enumerate(vals)]}
+            for m, vals in (("a", [51.0, 49.0, 50.0]), ("b", [52.0, 51.0, 50.0]))]
+    line, = mod._paired_line({"rows": rows})
+    # d = -1, -2, 0: mean -1, sd 1, half-width 4.303 / sqrt(3) = 2.48
+    assert line == "- paired by seed, a - b: -1.00, -2.00, +0.00; mean -1.00 +- 1.00, 95% t-interval [-3.48, +1.48] (3 seeds)"
+    assert mod._paired_line({"rows": rows[:1]}) == []
 
 
 def test_seg_scenes_benchmark_can_add_seeds_to_finished_runs(tmp_path):
