@@ -205,10 +205,15 @@ def _pretrain_input(folder: Path) -> dict:
             "pretrain_px": cfg.get("image_size") or (ITEMS_DEFAULTS["size"] if data == "fmnist-items" else 28)}
 
 
+def results_json(tag: str) -> Path:
+    """benchmarks/results/seg_scenes_<tag>.json (its .md beside it)."""
+    return ROOT / "benchmarks" / "results" / f"seg_scenes_{tag}.json"
+
+
 def earlier_seeds(tag: str) -> dict[tuple[str, int], dict]:
     """(model, seed) -> its entry in this tag's results JSON, each with the date it was collected: the runs
     behind a results file do not survive a change of machine, its per-seed figures do."""
-    f = ROOT / "benchmarks" / "results" / f"seg_scenes_{tag}.json"
+    f = results_json(tag)
     if not f.is_file():
         return {}
     old = json.loads(f.read_text())
@@ -296,10 +301,9 @@ def _paired_line(result: dict) -> list[str]:
 
 
 def write(result: dict, tag: str) -> str:
-    out = ROOT / "benchmarks" / "results"
-    name = f"seg_scenes_{tag}"
+    json_path = results_json(tag)
     n_test = next((x["test_images"] for r in result["rows"] for x in r["runs"] if x.get("test_images")), "?")
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    json_path.write_text(json.dumps(result, indent=2))
     total = result.get("total_budget_min")
     budget = (f"{total:g} min each: backbone pretraining + segmentation steps" if total else
               f"{result['budget_min']:g} min of training steps each")
@@ -335,7 +339,7 @@ def write(result: dict, tag: str) -> str:
                f"{x['pretrain_px']} px | "
                f"{x['pretrain_val_top1'] or float('nan'):.2f} / "
                f"{x['pretrain_test_top1'] or float('nan'):.2f} |" for m, x in pre]
-    write_keeping_story(out / f"{name}.md", md)
+    write_keeping_story(json_path.with_suffix(".md"), md)
     return "\n".join(md)
 
 

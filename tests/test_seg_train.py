@@ -179,6 +179,13 @@ def test_cli_bench_prints_the_pair_and_refuses_unknown_names(capsys):
     assert "onnxruntime" in capsys.readouterr().err
 
 
+def _scenes_summary(miou: float) -> str:
+    """A finished segmentation run's summary.json, as `repvgg seg train` writes it, with this test mIoU."""
+    return json.dumps({"deploy_miou": miou, "train_miou": miou, "pixel_acc": 90.0, "val_miou": "49.0",
+                       "pixel_agreement_pct": 100.0, "fusion_ok": True, "train_time_s": 60.0, "best_epoch": "3",
+                       "per_class_iou": {}})
+
+
 def test_seg_scenes_benchmark_collects_finished_runs(tmp_path, monkeypatch):
     import sys
 
@@ -189,9 +196,7 @@ def test_seg_scenes_benchmark_collects_finished_runs(tmp_path, monkeypatch):
     for m, s, miou in (("pspnet_repvgg_a0", 0, 50.0), ("pspnet_repvgg_a0", 1, 52.0), ("pspnet_resnet18", 0, 40.0)):
         d = runs / f"{m}_s{s}"
         d.mkdir(parents=True)
-        (d / "summary.json").write_text(json.dumps({
-            "deploy_miou": miou, "train_miou": miou, "pixel_acc": 90.0, "val_miou": "49.0", "pixel_agreement_pct": 100.0,
-            "fusion_ok": True, "train_time_s": 60.0, "best_epoch": "3", "per_class_iou": {}}))
+        (d / "summary.json").write_text(_scenes_summary(miou))
         (d / "metrics.jsonl").write_text(json.dumps({"epoch": 3, "step": 120}) + "\n")
         (d / "config.yaml").write_text("lr: 0.001\namp: bf16\n" if m.endswith("a0") else "lr: 0.002\namp: false\n")
     pre = runs / "pspnet_resnet18_s0_pretrain"      # a pretrained backbone (summary as older runs wrote it)
@@ -225,9 +230,7 @@ def test_seg_scenes_benchmark_collects_finished_runs(tmp_path, monkeypatch):
                         for r in earlier["rows"]]}
     shutil.rmtree(runs / "pspnet_repvgg_a0_s0")
     shutil.rmtree(runs / "pspnet_resnet18_s0")
-    (runs / "pspnet_repvgg_a0_s1" / "summary.json").write_text(json.dumps({
-        "deploy_miou": 54.0, "train_miou": 54.0, "pixel_acc": 90.0, "val_miou": "49.0", "pixel_agreement_pct": 100.0,
-        "fusion_ok": True, "train_time_s": 60.0, "best_epoch": "3", "per_class_iou": {}}))
+    (runs / "pspnet_repvgg_a0_s1" / "summary.json").write_text(_scenes_summary(54.0))
     results.write_text(json.dumps(earlier))
     assert mod.main() == 0          # without --keep-earlier-seeds: only what is in --runs
     md = results.with_suffix(".md").read_text()
