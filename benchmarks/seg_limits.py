@@ -33,7 +33,7 @@ BACKGROUND = 0
 STRIDES = (8, 4, 2)
 
 
-def resolution_ceiling(masks: torch.Tensor, num_classes: int, stride: int) -> torch.Tensor:
+def area_pooled_confusion(masks: torch.Tensor, num_classes: int, stride: int) -> torch.Tensor:
     """Confusion matrix of area-share scores at stride ``stride`` (class shares per cell), upsampled bilinearly
     as the segmenters upsample their logits. ``masks``: [N, H, W] labels without ignored pixels."""
     onehot = F.one_hot(masks.long(), num_classes).permute(0, 3, 1, 2).float()
@@ -61,7 +61,7 @@ def error_split(pred: torch.Tensor, truth: torch.Tensor, names: list[str], top: 
              for v, i in zip(flat.values, flat.indices) if int(v) > 0]
     s = scores(conf, names)
     return {"miou": s["miou"], "pixel_acc": s["pixel_acc"], "per_class_iou": s["per_class_iou"],
-            "fg_iou": 100 * int((fg_p & fg_t).sum()) / max(1, int((fg_p | fg_t).sum())),
+            "fg_iou": 100 * int(both.sum()) / max(1, int((fg_p | fg_t).sum())),
             "fg_class_acc": 100 * int((both & (pred == truth)).sum()) / max(1, int(both.sum())),
             "miou_recognition_fixed": fixed["miou"], "per_class_iou_recognition_fixed": fixed["per_class_iou"],
             "confusions": pairs}
@@ -71,12 +71,11 @@ def predictions(path: Path, test_ds, num_classes: int) -> tuple[torch.Tensor, st
     """The checkpoint's labels for every test scene (in order) and the segmenter's name."""
     from repvgg.seg.data import build_seg_loader
     from repvgg.seg.metrics import evaluate_segmenter
-    from repvgg.checkpoint import read_metadata
     from repvgg.seg.models import load_segmenter
 
     model = load_segmenter(path)
     res = evaluate_segmenter(model, build_seg_loader(test_ds, 32, train=False), num_classes, keep_predictions=True)
-    return res["predictions"], json.loads(read_metadata(path)["segmenter"])["name"]
+    return res["predictions"], model.spec["name"]
 
 
 def _fmt(v) -> str:
@@ -93,7 +92,7 @@ def report(res: dict) -> list[str]:
              "the segmenters upsample their logits (not a bound: learned logits are sharper than area shares)", "",
              "| output stride | mIoU | pixel acc | " + " | ".join(names) + " |",
              "|---|---|---|" + "---|" * len(names)]
-    for c in res["ceilings"]:
+    for c in res["stride_estimates"]:
         lines.append(f"| {c['stride']} | {c['miou']:.2f} | {c['pixel_acc']:.2f} | "
                      + " | ".join(_fmt(c["per_class_iou"][k]) for k in names) + " |")
     if res["checkpoints"]:
@@ -107,8 +106,8 @@ def report(res: dict) -> list[str]:
                          f"{r['fg_class_acc']:.2f} | {r['miou_recognition_fixed']:.2f} | {conf} |")
         lines += ["", "Per-class IoU of each, beside the output-stride-8 estimate", "",
                   "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
-                  "| area-pooled truth, stride 8 | " + " | ".join(_fmt(res["ceilings"][0]["per_class_iou"][k]) for k in names)
-                  + " |"]
+                  "| area-pooled truth, stride 8 | "
+                  + " | ".join(_fmt(res["stride_estimates"][0]["per_class_iou"][k]) for k in names) + " |"]
         for r in res["checkpoints"]:
             lines.append(f"| {r['name']} | " + " | ".join(_fmt(r["per_class_iou"][k]) for k in names) + " |")
             lines.append(f"| {r['name']}, recognition fixed | "
@@ -133,10 +132,10 @@ def main(argv=None) -> dict:
 
     _, test_ds, info = build_seg_datasets("fmnist-scenes", args.data_dir)
     truth, names = test_ds.masks, list(info.class_names)
-    ceilings = []
+    estimates = []
     for s in STRIDES:
-        sc = scores(resolution_ceiling(truth, len(names), s), names)
-        ceilings.append({"stride": s, "miou": sc["miou"], "pixel_acc": sc["pixel_acc"], "per_class_iou": sc["per_class_iou"]})
+        sc = scores(area_pooled_confusion(truth, len(names), s), names)
+        estimates.append({"stride": s, "miou": sc["miou"], "pixel_acc": sc["pixel_acc"], "per_class_iou": sc["per_class_iou"]})
         print(f"stride {s}: area-pooled truth mIoU {sc['miou']:.2f}%", flush=True)
     rows = []
     for p in paths:
@@ -146,7 +145,7 @@ def main(argv=None) -> dict:
               f"foreground {rows[-1]['fg_class_acc']:.2f}%, recognition fixed {rows[-1]['miou_recognition_fixed']:.2f}%")
     res = {"command": this_command(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "hardware": f"{cpu_label()}, {args.threads} torch threads", "torch": torch.__version__,
-           "test_images": len(truth), "size": int(truth.shape[-1]), "classes": names, "ceilings": ceilings,
+           "test_images": len(truth), "size": int(truth.shape[-1]), "classes": names, "stride_estimates": estimates,
            "checkpoints": rows}
     out = Path(__file__).resolve().parent / "results" / args.out
     out.with_suffix(".json").write_text(json.dumps(res, indent=1))

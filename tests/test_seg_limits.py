@@ -1,4 +1,4 @@
-"""benchmarks/seg_limits.py: the resolution ceiling and the localisation / recognition split."""
+"""benchmarks/seg_limits.py: the area-pooled resolution estimate and the localisation / recognition split."""
 import pytest
 import torch
 
@@ -12,18 +12,18 @@ def limits():
     return load_benchmark("seg_limits")
 
 
-def test_ceiling_is_exact_where_labels_change_only_at_cell_edges(limits):
+def test_area_pooling_is_exact_where_labels_change_only_at_cell_edges(limits):
     cols = torch.arange(32) // 8 % 3                       # vertical stripes 8 px wide, aligned to the cells
     masks = cols.expand(2, 32, 32).clone()
-    conf = limits.resolution_ceiling(masks, 3, 8)
+    conf = limits.area_pooled_confusion(masks, 3, 8)
     assert int(conf.sum()) == masks.numel()
     assert int(conf.diag().sum()) == masks.numel()
 
 
-def test_ceiling_loses_detail_finer_than_the_stride_and_keeps_it_at_stride_one(limits):
+def test_area_pooling_loses_detail_finer_than_the_stride_and_keeps_it_at_stride_one(limits):
     fine = ((torch.arange(32)[:, None] // 2 + torch.arange(32)[None, :] // 2) % 2 + 1).expand(1, 32, 32).clone()
-    assert float(limits.resolution_ceiling(fine, 3, 8).diag().sum()) < 0.6 * fine.numel()
-    assert int(limits.resolution_ceiling(fine, 3, 1).diag().sum()) == fine.numel()
+    assert float(limits.area_pooled_confusion(fine, 3, 8).diag().sum()) < 0.6 * fine.numel()
+    assert int(limits.area_pooled_confusion(fine, 3, 1).diag().sum()) == fine.numel()
 
 
 def test_error_split_separates_localisation_from_recognition(limits):
@@ -41,7 +41,7 @@ def test_report_names_every_class_and_checkpoint(limits):
     iou = {n: 50.0 for n in NAMES}
     res = {"classes": NAMES, "command": "python benchmarks/seg_limits.py", "date": "d", "hardware": "h", "torch": "t",
            "test_images": 2, "size": 32,
-           "ceilings": [{"stride": s, "miou": 90.0, "pixel_acc": 95.0, "per_class_iou": iou} for s in (8, 4, 2)],
+           "stride_estimates": [{"stride": s, "miou": 90.0, "pixel_acc": 95.0, "per_class_iou": iou} for s in (8, 4, 2)],
            "checkpoints": [{"name": "pspnet_x", "path": "r/deploy.safetensors", "miou": 40.0, "fg_iou": 80.0,
                             "fg_class_acc": 60.0, "miou_recognition_fixed": 70.0, "per_class_iou": iou,
                             "per_class_iou_recognition_fixed": iou,
