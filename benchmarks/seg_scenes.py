@@ -73,6 +73,8 @@ def commands(args, m: str, s: int, runs: Path) -> list[list[str]]:
            "--overwrite", "--quiet", "--recipe", args.recipe] + data_dir + amp
     if args.lr:
         seg += ["--lr", str(args.lr)]
+    block = block_flags(args, m)
+    seg += block
     if not args.pretrain_epochs:
         return [seg]
     backbone, pre = backbone_of(m), runs / f"{m}_s{s}_pretrain"
@@ -83,10 +85,18 @@ def commands(args, m: str, s: int, runs: Path) -> list[list[str]]:
     pretrain = [sys.executable, "-m", "repvgg", "train", "--model", backbone, "--recipe", "small", *shape,
                 "--no-small-input", "--data", args.pretrain_data, "--epochs", str(args.pretrain_epochs),
                 "--seed", str(s), "--threads", str(args.threads), "--output", str(pre), "--overwrite",
-                "--quiet"] + data_dir + amp
+                "--quiet"] + data_dir + amp + block
     if args.pretrain_size:
         pretrain += ["--image-size", str(args.pretrain_size)]
     return [pretrain, seg]
+
+
+def block_flags(args, segmenter: str) -> list[str]:
+    """`--block B` for a RepVGG segmenter and its backbone's pretraining when --block names a variant; the
+    ResNet baselines have no RepVGG blocks and train as they are."""
+    if args.block == "repvgg" or backbone_of(segmenter).startswith("tv:"):
+        return []
+    return ["--block", args.block]
 
 
 def finished_pretraining(pre: Path, args, backbone: str, seed: int) -> bool:
@@ -97,10 +107,10 @@ def finished_pretraining(pre: Path, args, backbone: str, seed: int) -> bool:
         return False
     saved_amp = PRECISION[args.amp][1]
     want = {"model": backbone, "seed": seed, "data": args.pretrain_data, "epochs": args.pretrain_epochs,
-            "image_size": args.pretrain_size,
+            "image_size": args.pretrain_size, **({"block": args.block} if not backbone.startswith("tv:") else {}),
             **({"amp": saved_amp} if saved_amp is not None else {})}
     cfg = _config(pre)
-    got = {k: cfg.get(k) for k in want}
+    got = {k: cfg.get(k, "repvgg" if k == "block" else None) for k in want}
     if got != want:
         raise SystemExit(f"{pre}: a finished pretraining with {got}, not {want}; remove it or drop --keep-finished")
     return True
@@ -180,9 +190,9 @@ def _config(folder: Path) -> dict:
 
 
 def _settings(folder: Path) -> dict:
-    """The lr and precision a run really trained with, whatever the collecting command says."""
+    """The lr, precision and train-time block a run really trained with, whatever the collecting command says."""
     cfg = _config(folder)
-    return {"lr": cfg.get("lr"), "amp": cfg.get("amp")}
+    return {"lr": cfg.get("lr"), "amp": cfg.get("amp"), "block": cfg.get("block", "repvgg")}
 
 
 def _pretraining(folder: Path) -> dict:
@@ -300,6 +310,13 @@ def _paired_line(result: dict) -> list[str]:
             f"[{mean - half:+.2f}, {mean + half:+.2f}] ({len(d)} seeds)"]
 
 
+def _model_label(row: dict) -> str:
+    """The segmenter's name, with the train-time block where its runs used a variant (the fused form is the
+    same plain network; the variant is how it was trained)."""
+    blocks = {x.get("block", "repvgg") for x in row["runs"]} - {"repvgg"}
+    return row["model"] + (f" (train-time block {', '.join(sorted(blocks))})" if blocks else "")
+
+
 def write(result: dict, tag: str) -> str:
     json_path = results_json(tag)
     n_test = next((x["test_images"] for r in result["rows"] for x in r["runs"] if x.get("test_images")), "?")
@@ -326,7 +343,7 @@ def write(result: dict, tag: str) -> str:
         same = all(x["fusion_ok"] for x in r["runs"])
         agree = min(x["agreement_pct"] for x in r["runs"])
         minutes = "/".join(f"{x['train_min']:.1f}" if x.get("train_min") else "?" for x in r["runs"])
-        md.append(f"| {r['model']} | {r['test_miou_mean']:.2f} +- {r['test_miou_sd']:.2f} | {seeds} | {vals} | {acc:.2f} | "
+        md.append(f"| {_model_label(r)} | {r['test_miou_mean']:.2f} +- {r['test_miou_sd']:.2f} | {seeds} | {vals} | {acc:.2f} | "
                   f"{steps} | {minutes} | {'yes' if same else 'NO'} (labels {agree:.3f}% identical) |")
     if paired := _paired_line(result):
         md += [""] + paired
@@ -368,6 +385,9 @@ def main() -> int:
     ap.add_argument("--pretrain-data", choices=("fashion-mnist", "fmnist-items"), default="fashion-mnist",
                     help="what the backbones pretrain on: Fashion-MNIST as it is (grey items on black, 28 px) or "
                          "fmnist-items (each item alone on a 64 px scene background, at the scenes' scale and colours)")
+    ap.add_argument("--block", default="repvgg",
+                    help="the RepVGG segmenters' train-time block variant (repvgg.list_blocks()), pretraining "
+                         "included; the fused segmenter is the same plain network; ResNets are unaffected")
     ap.add_argument("--amp", choices=("auto", "fp32", "bf16"), default="auto",
                     help="precision of every training (pretraining too); auto: each run's own timing probe, which "
                          "can choose differently from run to run where bf16 is about as fast as fp32")

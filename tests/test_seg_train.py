@@ -74,6 +74,26 @@ def test_bad_settings_are_named(tmp_path):
         prepare_seg_run(tmp_path / "x", "scenes", {"bins": 3})
 
 
+def test_a_block_variant_trains_and_fuses_to_the_same_plain_network(tmp_path):
+    """block: identity_no_bn (paper Table 7) trains a different train-time form of the same deploy segmenter;
+    the checkpoints say so, load back, and the fused form agrees with the trained one."""
+    out = tmp_path / "run"
+    summary = train_segmenter(_cfg(out, block="identity_no_bn", epochs=1, amp=False), out, quiet=True)
+    assert summary["fusion_ok"] and summary["pixel_agreement_pct"] >= 99.99
+    trained = load_segmenter(out / "best.safetensors")
+    assert trained.spec["block"] == "identity_no_bn"
+    assert not any(k.endswith("identity.bn.weight") for k in trained.state_dict())
+    deployed = load_segmenter(out / "deploy.safetensors")
+    plain = load_segmenter(out / "best.safetensors", deploy=True)
+    assert deployed.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(2, 3, 48, 48)
+    assert torch.equal(trained(x).argmax(1), deployed(x).argmax(1))
+    with pytest.raises(ValueError, match="unknown block variant 'nope'"):
+        prepare_seg_run(tmp_path / "x", "scenes", {"block": "nope"})
+    with pytest.raises(ValueError, match="ResNet backbone"):
+        prepare_seg_run(tmp_path / "x", "scenes", {"model": "pspnet_resnet18", "block": "identity_no_bn"})
+
+
 def test_bad_data_fails_before_anything_is_written(tmp_path):
     out = tmp_path / "run"
     cfg = prepare_seg_run(out, "scenes", {"data": "cityscapes", "data_dir": str(tmp_path)})
@@ -280,7 +300,7 @@ def test_seg_scenes_benchmark_pretrains_each_backbone_then_starts_the_segmenter_
         ["repvgg_a0", "repvgg_b1g2", "tv:resnet18"]
     args = argparse.Namespace(pretrain_epochs=2, data_dir=None, threads=1, budget_min=1.0, recipe="scenes", parallel=2,
                               models=["pspnet_resnet18", "pspnet_repvgg_a0"], seeds=[0], keep_finished=False,
-                              amp="auto", lr=None, pretrain_size=None, pretrain_data="fashion-mnist")
+                              amp="auto", lr=None, pretrain_size=None, pretrain_data="fashion-mnist", block="repvgg")
     pre, seg = mod.commands(args, "pspnet_resnet18", 0, tmp_path)
     assert pre[pre.index("--data") + 1] == "fashion-mnist"
     assert pre[pre.index("--model") + 1] == "tv:resnet18" and "--no-small-input" in pre and "--width" not in pre
@@ -296,6 +316,11 @@ def test_seg_scenes_benchmark_pretrains_each_backbone_then_starts_the_segmenter_
     assert pre[pre.index("--data") + 1] == "fmnist-items" and "--image-size" not in pre
     pinned = mod.commands(argparse.Namespace(**{**vars(args), "amp": "fp32"}), "pspnet_resnet18", 0, tmp_path)
     assert all("--no-amp" in cmd for cmd in pinned)
+    # a train-time block variant goes to the RepVGG segmenter and its pretraining, never to a ResNet
+    variant = argparse.Namespace(**{**vars(args), "block": "identity_no_bn"})
+    for cmd in mod.commands(variant, "pspnet_repvgg_a0", 0, tmp_path):
+        assert cmd[cmd.index("--block") + 1] == "identity_no_bn"
+    assert all("--block" not in cmd for cmd in mod.commands(variant, "pspnet_resnet18", 0, tmp_path))
     assert "--backbone-checkpoint" not in mod.commands(argparse.Namespace(**{**vars(args), "pretrain_epochs": 0}),
                                                        "pspnet_resnet18", 0, tmp_path)[0]
     # the chain: the segmenter starts only after its pretraining succeeded, and only once every pretraining
@@ -362,7 +387,7 @@ def test_seg_scenes_benchmark_reuses_a_finished_pretraining_of_the_same_kind(tmp
     mod = load_benchmark("seg_scenes")
     args = argparse.Namespace(pretrain_epochs=3, data_dir=None, threads=1, budget_min=1.0, recipe="scenes",
                               keep_finished=True, amp="bf16", lr=None, pretrain_size=None,
-                              pretrain_data="fashion-mnist")
+                              pretrain_data="fashion-mnist", block="repvgg")
     pre = tmp_path / "pspnet_repvgg_a0_s0_pretrain"
     assert len(mod.commands(args, "pspnet_repvgg_a0", 0, tmp_path)) == 2      # nothing there yet: pretrain
     pre.mkdir()
@@ -374,7 +399,8 @@ def test_seg_scenes_benchmark_reuses_a_finished_pretraining_of_the_same_kind(tmp
     assert seg[seg.index("--backbone-checkpoint") + 1] == str(pre / "best.safetensors")
     assert len(mod.commands(argparse.Namespace(**{**vars(args), "keep_finished": False}), "pspnet_repvgg_a0", 0,
                             tmp_path)) == 2
-    for other in ({"pretrain_epochs": 1}, {"amp": "fp32"}, {"pretrain_size": 56}, {"pretrain_data": "fmnist-items"}):
+    for other in ({"pretrain_epochs": 1}, {"amp": "fp32"}, {"pretrain_size": 56}, {"pretrain_data": "fmnist-items"},
+                  {"block": "identity_no_bn"}):
         with pytest.raises(SystemExit, match="finished pretraining with"):
             mod.commands(argparse.Namespace(**{**vars(args), **other}), "pspnet_repvgg_a0", 0, tmp_path)
     # copied in by hand

@@ -8,7 +8,7 @@ from . import add_force_flag
 
 _TRAIN_KEYS = ("model", "data", "data_dir", "num_classes", "head_channels", "backbone_checkpoint", "epochs",
                "time_budget_min", "batch_size", "lr", "crop_size", "val_split", "seed", "device", "workers",
-               "threads", "amp")
+               "threads", "amp", "block")
 
 
 def register(sub) -> None:
@@ -25,6 +25,8 @@ def register(sub) -> None:
     t.add_argument("--data-dir", help="Cityscapes root or folder dataset root (train/ and val/ with images/, masks/)")
     t.add_argument("--num-classes", type=int, help="folder data without a classes.txt")
     t.add_argument("--head-channels", type=int, help="PSP head width (paper: 512)")
+    t.add_argument("--block", help="RepVGG backbones' train-time block variant (repvgg.list_blocks(); default repvgg); "
+                                   "the fused segmenter is the same plain network")
     t.add_argument("--backbone-checkpoint", help="a classification checkpoint to start the backbone from")
     t.add_argument("--epochs", type=int)
     t.add_argument("--time-budget-min", type=float, help="train for this many minutes of steps (poly lr fitted to it)")

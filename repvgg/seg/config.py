@@ -77,6 +77,13 @@ def check_seg_config(cfg: dict) -> dict:
     split = cfg["val_split"]
     if isinstance(split, bool) or not isinstance(split, (int, float)) or not 0 <= split < 1:
         raise ValueError(f"val_split must be a fraction in [0, 1), got {split!r}")
+    if cfg["block"] != "repvgg":
+        from ..blocks import get_block_spec
+        from .models import RESNETS
+
+        get_block_spec(cfg["block"])   # an unknown variant is named there
+        if cfg["model"].removeprefix("pspnet_") in RESNETS:
+            raise ValueError(f"block {cfg['block']!r} is a RepVGG block variant; {cfg['model']} has a ResNet backbone")
     if cfg["optimizer"] not in ("sgd", "adamw"):
         raise ValueError(f"optimizer must be sgd or adamw, got {cfg['optimizer']!r}")
     if cfg["amp"] not in (True, False, "auto", "bf16", "fp16"):
