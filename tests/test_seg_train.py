@@ -88,6 +88,14 @@ def test_a_block_variant_trains_and_fuses_to_the_same_plain_network(tmp_path):
     assert deployed.state_dict().keys() == plain.state_dict().keys()
     x = torch.randn(2, 3, 48, 48)
     assert torch.equal(trained(x).argmax(1), deployed(x).argmax(1))
+    # a backbone checkpoint trained with the paper's block does not fit, and says which keys are extra
+    from repvgg import create_model
+    from repvgg.checkpoint import CheckpointError, save_checkpoint
+    from repvgg.seg import create_segmenter
+    save_checkpoint(create_model("repvgg_a0", num_classes=10), tmp_path / "paper_block.safetensors")
+    with pytest.raises(CheckpointError, match="unexpected keys .*identity.bn"):
+        create_segmenter("pspnet_repvgg_a0", 3, head_channels=8, block="identity_no_bn",
+                         backbone_checkpoint=tmp_path / "paper_block.safetensors")
     with pytest.raises(ValueError, match="unknown block variant 'nope'"):
         prepare_seg_run(tmp_path / "x", "scenes", {"block": "nope"})
     with pytest.raises(ValueError, match="ResNet backbone"):
