@@ -77,7 +77,7 @@ def check_seg_config(cfg: dict) -> dict:
     split = cfg["val_split"]
     if isinstance(split, bool) or not isinstance(split, (int, float)) or not 0 <= split < 1:
         raise ValueError(f"val_split must be a fraction in [0, 1), got {split!r}")
-    if cfg["block"] != "repvgg":
+    if cfg.get("block", "repvgg") != "repvgg":   # runs saved before 'block' existed have none
         from ..blocks import get_block_spec
         from .models import RESNETS
 

@@ -73,7 +73,7 @@ class SegTrainer:
         self.model = create_segmenter(cfg["model"], self.info.num_classes, in_chans=self.info.in_chans,
                                       head_channels=cfg["head_channels"],
                                       backbone_checkpoint=cfg["backbone_checkpoint"],
-                                      **({"block": cfg["block"]} if cfg["block"] != "repvgg" else {})).to(self.device)
+                                      **({"block": cfg["block"]} if cfg.get("block", "repvgg") != "repvgg" else {})).to(self.device)
         groups = param_groups(self.model, cfg["weight_decay"])
         self.optimizer = (torch.optim.AdamW(groups, lr=cfg["lr"]) if cfg["optimizer"] == "adamw" else
                           torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"]))
